@@ -1,0 +1,7 @@
+"""``python -m cgikit`` is the ``cgikit`` command."""
+
+import sys
+
+from cgikit.cli import main
+
+sys.exit(main())
