@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cgikit`` and ``python -m cgikit``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from cgikit.gateways.auto import run_auto
+    from cgikit import run_auto
 
     app = load_app(args.app)
     given = {option.name: getattr(args, option.name) for option in RUN_OPTIONS}

@@ -5,8 +5,6 @@ arguments, such as an Apache ``SetEnv``, sets it), a default and a help line. Cl
 cannot set these variables: a request header only ever becomes ``HTTP_*``.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,7 +65,7 @@ RUN_OPTIONS = (
 
 
 def resolve(
-    options: tuple[Option, ...], given: Mapping[str, object], environ: Mapping[str, str]
+    options: tuple[Option, ...], given: "Mapping[str, object]", environ: "Mapping[str, str]"
 ) -> dict[str, object]:
     """Each option's value: the keyword if not None, else its variable, else the default."""
     values: dict[str, object] = {}

@@ -7,16 +7,12 @@ HTTP response for scripts named ``nph-*`` (RFC 3875 §5). Terminal emulation reu
 ``serve`` with variables it made up.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
-from cgikit.protocol.cgi_headers import serialize_cgi
-from cgikit.wsgi.environ import EnvironError, build_environ, content_length
-from cgikit.wsgi.filewrapper import FileWrapper
-from cgikit.wsgi.input import BoundedInput
-from cgikit.wsgi.response import Response
+from cgikit.cgi_headers import serialize_cgi
+from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
+from cgikit.wsgi_response import FileWrapper, Response
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,7 +63,7 @@ def send_file(fd: int, offset: int, count: int, out: int = STDOUT) -> int:
     return sent
 
 
-def make_log(stream: TextIO, script: str, stamped: bool) -> Callable[[str], None]:
+def make_log(stream: "TextIO", script: str, stamped: bool) -> "Callable[[str], None]":
     """A function that writes one message, prefixed with cgikit and the script name."""
 
     def log(message: str) -> None:
@@ -82,22 +78,22 @@ def make_log(stream: TextIO, script: str, stamped: bool) -> Callable[[str], None
     return log
 
 
-def _nph_serializer(meta: Mapping[str, str]) -> Callable[[str, Headers], bytes]:
+def _nph_serializer(meta: "Mapping[str, str]") -> "Callable[[str, Headers], bytes]":
     import time
 
     from cgikit import __version__
-    from cgikit.protocol.cgi_headers import http_date, serialize_nph
+    from cgikit.cgi_headers import http_date, serialize_nph
 
     protocol = meta.get("SERVER_PROTOCOL", "HTTP/1.0")
 
-    def serialize(status: str, headers: Headers) -> bytes:
+    def serialize(status: str, headers: "Headers") -> bytes:
         date = http_date(time.gmtime()[:7])
         return serialize_nph(protocol, status, headers, date, f"cgikit/{__version__}")
 
     return serialize
 
 
-def is_nph(meta: Mapping[str, str]) -> bool:
+def is_nph(meta: "Mapping[str, str]") -> bool:
     """RFC 3875 §5: a script whose name starts with ``nph-`` speaks HTTP itself."""
     name = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "")
     if not name:
@@ -106,12 +102,12 @@ def is_nph(meta: Mapping[str, str]) -> bool:
 
 
 def serve(
-    app: WSGIApp,
-    meta: Mapping[str, str],
-    errors: TextIO,
-    log: Callable[[str], None],
-    options: Mapping[str, object],
-    read: Callable[[int], bytes] | None = None,
+    app: "WSGIApp",
+    meta: "Mapping[str, str]",
+    errors: "TextIO",
+    log: "Callable[[str], None]",
+    options: "Mapping[str, object]",
+    read: "Callable[[int], bytes] | None" = None,
 ) -> None:
     """Answer the one request that ``meta`` describes with ``app``; never raises for it."""
     environ: dict[str, object] = {"REQUEST_METHOD": meta.get("REQUEST_METHOD", "GET")}
@@ -154,7 +150,7 @@ def _answer(response: Response, status: str) -> None:
         pass  # the client is gone; it was logged already why we refused it
 
 
-def open_errors(log_file: object) -> tuple[TextIO, bool]:
+def open_errors(log_file: object) -> "tuple[TextIO, bool]":
     """The error stream: ``log_file`` opened for appending, else stderr."""
     if log_file:
         try:
@@ -166,7 +162,7 @@ def open_errors(log_file: object) -> tuple[TextIO, bool]:
     return sys.stderr, False
 
 
-def serve_process(app: WSGIApp, options: Mapping[str, object]) -> None:
+def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     """Serve the CGI request this process was started for."""
     # httpoxy: a client's "Proxy:" header must not become this process's proxy either.
     os.environ.pop("HTTP_PROXY", None)

@@ -8,8 +8,6 @@ Every check is an explicit ``raise``, never ``assert``: ``python -O`` strips ass
 CR or LF that reaches the output splits the response (CPython gh-143916, gh-150726).
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -114,7 +112,7 @@ def check_headers(headers: object) -> list[str]:
     return hop
 
 
-def find_header(headers: Iterable[tuple[str, str]], lower_name: str) -> str | None:
+def find_header(headers: "Iterable[tuple[str, str]]", lower_name: str) -> str | None:
     """Return the value of the first header called ``lower_name`` (lower case), or None."""
     for name, value in headers:
         if name.lower() == lower_name:
@@ -122,11 +120,11 @@ def find_header(headers: Iterable[tuple[str, str]], lower_name: str) -> str | No
     return None
 
 
-def _field_lines(headers: Iterable[tuple[str, str]]) -> str:
+def _field_lines(headers: "Iterable[tuple[str, str]]") -> str:
     return "".join(f"{name}: {value}\r\n" for name, value in headers)
 
 
-def serialize_cgi(status: str, headers: Iterable[tuple[str, str]]) -> bytes:
+def serialize_cgi(status: str, headers: "Iterable[tuple[str, str]]") -> bytes:
     """The CGI header block (RFC 3875 §6.3): a ``Status:`` field, the headers, a blank line.
 
     Inputs must already have passed ``check_status``/``check_headers``.
@@ -135,7 +133,7 @@ def serialize_cgi(status: str, headers: Iterable[tuple[str, str]]) -> bytes:
 
 
 def serialize_nph(
-    protocol: str, status: str, headers: Iterable[tuple[str, str]], date: str, server: str
+    protocol: str, status: str, headers: "Iterable[tuple[str, str]]", date: str, server: str
 ) -> bytes:
     """A complete HTTP response head for a non-parsed-header script (RFC 3875 §5.2).
 

@@ -2,7 +2,8 @@
 
 Owns PEP 3333's ``start_response``/``write``/iterable/``close`` contract and the rules
 that make the output a correct CGI response (RFC 3875 §6): headers go out with the first
-non-empty chunk, Content-Length when the length is known, a safe Content-Type when the
+non-empty chunk, Content-Length when the length is known, files through
+``wsgi.file_wrapper`` without reading them into memory, a safe Content-Type when the
 app gave none, no body for HEAD/204/304, and a 500 (or a debug page) when the app fails
 before its headers went out. Shared by every gateway that frames responses with a
 ``Status:`` field (CGI, and later FastCGI and SCGI).
@@ -11,11 +12,10 @@ No I/O of its own: the gateway passes ``send`` (write all bytes, now), optionall
 ``send_file`` (copy a span of a file descriptor) and ``log`` (one message).
 """
 
-from __future__ import annotations
-
+import os
 import sys
 
-from cgikit.protocol.cgi_headers import (
+from cgikit.cgi_headers import (
     HOP_BY_HOP,
     NO_BODY_STATUSES,
     HeaderError,
@@ -24,16 +24,48 @@ from cgikit.protocol.cgi_headers import (
     find_header,
     serialize_cgi,
 )
-from cgikit.wsgi.filewrapper import FileWrapper
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from typing import IO
 
     from cgikit._typing import Environ, Headers, OptExcInfo, WriteBody, WSGIApp
 
 # Never text/html: CVE-2020-24553 (Go's child defaulted to it and served attacker HTML).
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+class FileWrapper:
+    """Iterate ``filelike`` in ``blksize`` blocks; ``close()`` closes it."""
+
+    __slots__ = ("blksize", "filelike")
+
+    def __init__(self, filelike: "IO[bytes]", blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> "Iterator[bytes]":
+        read = self.filelike.read
+        while block := read(self.blksize):
+            yield block
+
+    def span(self) -> tuple[int, int, int] | None:
+        """``(fd, offset, count)`` still to send from a regular file, or None if unknown."""
+        try:
+            fd = self.filelike.fileno()
+            offset = self.filelike.tell()
+            info = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):
+            return None
+        if info.st_mode & 0o170000 != 0o100000:  # not S_ISREG (stat is not imported)
+            return None
+        return fd, offset, max(0, info.st_size - offset)
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
 
 
 def known_length(result: object) -> int | None:
@@ -53,14 +85,14 @@ class Response:
 
     def __init__(
         self,
-        environ: Environ,
-        send: Callable[[bytes], object],
-        log: Callable[[str], object],
+        environ: "Environ",
+        send: "Callable[[bytes], object]",
+        log: "Callable[[str], object]",
         *,
         default_content_type: str = DEFAULT_CONTENT_TYPE,
         debug: bool = False,
-        send_file: Callable[[int, int, int], int] | None = None,
-        serialize: Callable[[str, Headers], bytes] = serialize_cgi,
+        send_file: "Callable[[int, int, int], int] | None" = None,
+        serialize: "Callable[[str, Headers], bytes]" = serialize_cgi,
     ) -> None:
         self.environ = environ
         self._send = send
@@ -82,8 +114,8 @@ class Response:
     # -- PEP 3333 callables ------------------------------------------------------------
 
     def start_response(
-        self, status: str, headers: Headers, exc_info: OptExcInfo | None = None
-    ) -> WriteBody:
+        self, status: str, headers: "Headers", exc_info: "OptExcInfo | None" = None
+    ) -> "WriteBody":
         """PEP 3333 ``start_response``; checks the status and headers at once."""
         if exc_info is not None:
             try:
@@ -133,7 +165,7 @@ class Response:
 
     # -- driving the app ---------------------------------------------------------------
 
-    def run(self, app: WSGIApp) -> None:
+    def run(self, app: "WSGIApp") -> None:
         """Call ``app`` and send its whole response; never raises for app errors."""
         try:
             self._run(app)
@@ -142,7 +174,7 @@ class Response:
         except Exception:  # the app's fault: turned into a 500 and a log entry
             self.fail(sys.exc_info())  # type: ignore[arg-type]
 
-    def _run(self, app: WSGIApp) -> None:
+    def _run(self, app: "WSGIApp") -> None:
         result = app(self.environ, self.start_response)
         try:
             if not self.headers_sent and self.body_bytes == 0:
@@ -159,7 +191,7 @@ class Response:
                 close()
 
     def _send_wrapper(
-        self, wrapper: FileWrapper, send_file: Callable[[int, int, int], int]
+        self, wrapper: FileWrapper, send_file: "Callable[[int, int, int], int]"
     ) -> None:
         span = wrapper.span()
         if span is None or self._status is None or self._head_request:
@@ -213,7 +245,7 @@ class Response:
 
     def fail(self, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
         """Log an app failure; answer 500 (or the debug page) if no header went out yet."""
-        from cgikit.wsgi import errorpage
+        from cgikit import errorpage
 
         exc = exc_info[1]
         if isinstance(exc, HeaderError):
