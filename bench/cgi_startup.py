@@ -52,11 +52,7 @@ CGI_META = {
     "REMOTE_ADDR": "127.0.0.1",
     "HTTP_HOST": "localhost",
 }
-IMPORTS = {
-    "import cgikit": "import cgikit",
-    # What cgikit.run imports under a CGI server (run -> gateways.auto -> cgi_script).
-    "CGI path": "import cgikit; from cgikit.gateways import auto, cgi_script",
-}
+TRIES = 5  # importtime runs per report; the fastest is kept, as the least disturbed
 
 
 def cgi_environment() -> dict[str, str]:
@@ -134,28 +130,38 @@ def check_scripts(named: dict[str, list[str]], env: dict[str, str]) -> None:
             raise SystemExit(f"bench: {name} is not a correct CGI script; not timing it")
 
 
-def importtime(python: str, code: str, env: dict[str, str], tries: int = 5) -> str:
-    """``python -X importtime -c code``: the fastest of ``tries`` runs (the least noise)."""
+def importtime(python: str, args: list[str], env: dict[str, str]) -> str:
+    """``python -X importtime ARGS`` report lines: the fastest of TRIES runs."""
     best: tuple[int, str] | None = None
-    for _ in range(tries):
-        done = subprocess.run(
-            [python, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
-        )
+    for _ in range(TRIES):
+        argv = [python, "-X", "importtime", *args]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
-        total = sum(int(line.split("|")[0].split(":")[1]) for line in lines[1:])
+        total = sum(row[1] for row in parse_importtime("\n".join(lines)))
         if best is None or total < best[0]:
             best = (total, "\n".join(lines))
     assert best is not None
     return best[1]
 
 
-def top_imports(report: str, count: int = 6) -> list[tuple[str, int, int]]:
-    """The ``count`` modules with the largest self time: (module, self us, cumulative us)."""
+def parse_importtime(report: str) -> list[tuple[str, int, int]]:
+    """(module, self us, cumulative us) for each line of an importtime report."""
     rows = []
-    for line in report.splitlines()[1:]:  # the first line is the column header
+    for line in report.splitlines():
         fields = line.removeprefix("import time:").split("|")
-        rows.append((fields[2].strip(), int(fields[0]), int(fields[1])))
-    return sorted(rows, key=lambda row: row[1], reverse=True)[:count]
+        if len(fields) == 3 and fields[0].strip().isdigit():  # skips the column header
+            rows.append((fields[2].strip(), int(fields[0]), int(fields[1])))
+    return rows
+
+
+def added_imports(report: str, startup: str, count: int = 8) -> str:
+    """What ``report`` imports beyond interpreter start-up: total, and the costliest."""
+    seen = {row[0] for row in parse_importtime(startup)}
+    rows = [row for row in parse_importtime(report) if row[0] not in seen]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    top = ", ".join(f"{name} {own / 1000:.2f}" for name, own, _ in rows[:count])
+    total = sum(row[1] for row in rows) / 1000
+    return f"{len(rows)} modules beyond start-up, {total:.2f} ms self in all; costliest (ms): {top}"
 
 
 def floor_lines(rounds: list[dict[str, run.Timing]]) -> list[str]:
@@ -171,31 +177,55 @@ def floor_lines(rounds: list[dict[str, run.Timing]]) -> list[str]:
     return lines
 
 
-def import_section(python: str, env: dict[str, str]) -> tuple[str, str]:
-    """Markdown for both importtime reports, and a short summary of their top entries."""
+def import_section(python: str, script: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Markdown for the importtime reports of ``import cgikit`` and of one real request.
+
+    The request is the cgikit script itself, run under the CGI environment: it shows
+    every module the CGI path imports, whatever the package layout. Returns the Markdown
+    and a one-line-per-report summary.
+    """
+    startup = importtime(python, ["-c", "pass"], env)
+    reports = {
+        "import cgikit": ["-c", "import cgikit"],
+        "CGI path (one GET request)": [str(script)],
+    }
     parts, summary = [], []
-    for title, code in IMPORTS.items():
-        report = importtime(python, code, env)
-        top = ", ".join(f"{m} {s / 1000:.2f} ms" for m, s, _ in top_imports(report))
-        parts += [f"`{Path(python).name} -X importtime -c '{code}'` (fastest of 5):", ""]
-        parts += ["```", report, "```", "", f"Largest self times: {top}.", ""]
-        summary.append(f"{title}: {top}")
+    for title, args in reports.items():
+        report = importtime(python, args, env)
+        shown = shlex.join([Path(python).name, "-X", "importtime", *map(run.portable, args)])
+        line = added_imports(report, startup)
+        parts += [f"{title}: `{shown}` (fastest of {TRIES}):", "", "```", report, "```", ""]
+        parts += [f"{line}.", ""]
+        summary.append(f"{title}: {line}")
     return "\n".join(parts), "\n".join(summary)
 
 
-def measure(python: str, args: argparse.Namespace) -> list[dict[str, run.Timing]]:
-    """Check the scripts, then time the four commands in two hyperfine rounds."""
+Rounds = list[dict[str, run.Timing]]
+
+
+def time_rounds(
+    named: dict[str, list[str]], env: dict[str, str], args: argparse.Namespace
+) -> Rounds:
+    """Two hyperfine rounds of ``named``, the second in reverse order."""
+    rounds = []
+    for order in (list(named), list(reversed(named))):
+        timed = run.hyperfine(
+            {n: named[n] for n in order}, warmup=args.warmup, runs=args.runs, env=env
+        )
+        rounds.append({name: timed[name] for name in named})  # table order stays put
+    return rounds
+
+
+def measure(python: str, args: argparse.Namespace) -> tuple[Rounds, str, str]:
+    """Check the scripts, time them, and profile their imports: (rounds, Markdown, summary)."""
     env = cgi_environment()
     with tempfile.TemporaryDirectory(prefix="cgikit-bench-") as tmp:
-        named = commands(python, write_scripts(Path(tmp)))
+        scripts = write_scripts(Path(tmp))
+        named = commands(python, scripts)
         check_scripts(named, env)
-        rounds = []
-        for order in (list(named), list(reversed(named))):
-            timed = run.hyperfine(
-                {n: named[n] for n in order}, warmup=args.warmup, runs=args.runs, env=env
-            )
-            rounds.append({name: timed[name] for name in named})  # table order stays put
-    return rounds
+        rounds = time_rounds(named, env, args)
+        imports, summary = import_section(python, scripts["cgikit"], env)
+    return rounds, imports, summary
 
 
 def main() -> int:
@@ -204,16 +234,15 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter to measure")
     run.add_arguments(parser)
     args = parser.parse_args()
-    rounds = measure(args.python, args)
-    imports, summary = import_section(args.python, cgi_environment())
-    body = ["Commands (each `PYTHON SCRIPT`, scripts generated in a temp dir, CGI GET env):"]
+    rounds, imports, summary = measure(args.python, args)
+    body = ["Commands (scripts generated in a temp dir; run with a CGI GET environment):", ""]
     body += [*describe(args.python), ""]
     for i, timings in enumerate(rounds, 1):
         body += [f"Round {i}:", "", run.markdown_table(timings, BASELINES), ""]
-    body += ["Floors (issue 2, medians):", "", *floor_lines(rounds), "", imports]
+    body += ["Floors (issue 2, ratios of medians):", "", *floor_lines(rounds), "", imports]
     text = "\n".join(body)
     print(text)
-    print("\n" + summary)
+    print(summary)
     if not args.no_record:
         run.record("cgi_startup", text, python=args.python)
         print(f"\nappended to {run.portable(str(run.RESULTS))}")

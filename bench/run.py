@@ -164,6 +164,18 @@ def machine_info(python: str = sys.executable) -> dict[str, str]:
     }
 
 
+def source_state() -> str:
+    """The commit measured, and whether src/ had uncommitted changes then."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "src")
+    return f"commit {commit}" + (", plus uncommitted changes in src/" if dirty else "")
+
+
 def check_portable(text: str) -> None:
     """Refuse to commit this machine's paths to RESULTS.md (they mean nothing elsewhere)."""
     for path in (str(REPO_ROOT), tempfile.gettempdir(), str(Path.home())):
@@ -181,6 +193,8 @@ def record(title: str, body: str, *, python: str = sys.executable, path: Path = 
             f"Command: `{command_line()}`",
             "",
             "Machine: " + "; ".join(f"{key} {value}" for key, value in machine.items()),
+            "",
+            f"Source: {source_state()}",
             "",
             body.rstrip(),
             "",

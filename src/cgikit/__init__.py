@@ -2,10 +2,11 @@
 
 Public API, and the choice of gateway. ``import cgikit`` stays cheap because a CGI
 script pays for every import on every request: no ``re``, ``typing``, ``dataclasses``
-or ``from __future__`` on this path, and the CGI child is a handful of flat modules
-(each module costs a CGI request ~85 us to import here; see bench/RESULTS.md):
+or ``from __future__`` on this path, and the CGI child is four flat modules besides
+this one (each module costs a CGI request ~100 us to import; see bench/RESULTS.md). So
+this module also holds the one options table (``RUN_OPTIONS``), which feeds ``run``'s
+keywords, the CLI flags (cgikit.cli) and the docs (docs/options.md):
 
-    options        the one options table (API keywords, CLI flags, env vars, docs)
     cgi_headers    protocol core: check and serialize a CGI header block (pure)
     wsgi_request   WSGI seam, request side: environ and bounded wsgi.input (no I/O)
     wsgi_response  WSGI seam, response side: the start_response/iterable driver (no I/O)
@@ -17,12 +18,100 @@ import os
 import sys
 
 __version__ = "0.1.0"
-__all__ = ["CGIHandler", "FileWrapper", "IISCGIHandler", "__version__", "run", "run_auto"]
+__all__ = [
+    "RUN_OPTIONS",
+    "CGIHandler",
+    "FileWrapper",
+    "IISCGIHandler",
+    "Option",
+    "__version__",
+    "run",
+    "run_auto",
+]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from cgikit._typing import WSGIApp
     from cgikit.wsgi_response import FileWrapper
+
+
+# -- the options table ----------------------------------------------------------------
+# Each option has a keyword name, an environment variable (how a CGI host that cannot
+# pass arguments, such as Apache's SetEnv, sets it), a default and a help line. Clients
+# cannot set these variables: a request header only ever becomes HTTP_*.
+
+
+class Option:
+    """One setting: keyword ``name``, ``env`` variable, ``kind`` (bool or str), ``default``."""
+
+    __slots__ = ("default", "env", "help", "kind", "name")
+
+    def __init__(
+        self, name: str, env: str, kind: type, default: bool | str | None, help: str
+    ) -> None:
+        self.name = name
+        self.env = env
+        self.kind = kind
+        self.default = default
+        self.help = help
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag, ``--log-file`` for ``log_file``."""
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, text: str) -> bool | str:
+        """The value of the environment variable's text."""
+        if self.kind is bool:
+            return text.strip().lower() in ("1", "true", "yes", "on")
+        return text
+
+
+RUN_OPTIONS = (
+    Option(
+        "debug",
+        "CGIKIT_DEBUG",
+        bool,
+        False,
+        "On an error, show an HTML page with the traceback, local variables and environ "
+        "(the job cgitb did). Never in production.",
+    ),
+    Option(
+        "log_file",
+        "CGIKIT_LOG_FILE",
+        str,
+        None,
+        "Append cgikit's log lines and wsgi.errors to this file instead of stderr, "
+        "for hosts where stderr is lost.",
+    ),
+    Option(
+        "default_content_type",
+        "CGIKIT_DEFAULT_CONTENT_TYPE",
+        str,
+        "application/octet-stream",
+        "Content-Type sent (with X-Content-Type-Options: nosniff) when the app gives a "
+        "body without one; a warning is logged. Never sniffed, never text/html.",
+    ),
+)
+
+
+def resolve(
+    options: tuple[Option, ...], given: "Mapping[str, object]", environ: "Mapping[str, str]"
+) -> dict[str, object]:
+    """Each option's value: the keyword if not None, else its variable, else the default."""
+    values: dict[str, object] = {}
+    for option in options:
+        value = given.get(option.name)
+        if value is None:
+            text = environ.get(option.env)
+            value = option.default if text is None or text == "" else option.parse(text)
+        values[option.name] = value
+    return values
+
+
+# -- running an app ---------------------------------------------------------------------
 
 
 def run(
@@ -61,8 +150,6 @@ def run_auto(app: "WSGIApp", args: list[str] | None = None, **given: object) -> 
     terminal, who gets one request emulated from ``args`` (default ``sys.argv[1:]``).
     ``given`` holds option keywords (cgikit.options); None means "not given".
     """
-    from cgikit.options import RUN_OPTIONS, resolve
-
     options = resolve(RUN_OPTIONS, given, os.environ)
     if "GATEWAY_INTERFACE" in os.environ:
         from cgikit.cgi_child import serve_process

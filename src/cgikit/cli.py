@@ -1,4 +1,4 @@
-"""The ``cgikit`` command line. Flags come from the options table (cgikit.options).
+"""The ``cgikit`` command line. Flags come from the options table (cgikit.RUN_OPTIONS).
 
 ``cgikit run module:app [METHOD] [PATH?QUERY]`` serves a WSGI app through whatever
 gateway started the process: as a CGI script under a web server, or one emulated
@@ -12,8 +12,7 @@ import importlib
 import os
 import sys
 
-from cgikit import __version__
-from cgikit.options import RUN_OPTIONS
+from cgikit import RUN_OPTIONS, Option, __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,3 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     app = load_app(args.app)
     given = {option.name: getattr(args, option.name) for option in RUN_OPTIONS}
     return run_auto(app, args.request, **given)
+
+
+def markdown_table(options: tuple[Option, ...] = RUN_OPTIONS) -> str:
+    """The options as a Markdown table, for the docs."""
+    rows = ["| keyword | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for o in options:
+        default = "off" if o.default is False else ("none" if o.default is None else o.default)
+        rows.append(f"| `{o.name}` | `{o.flag}` | `{o.env}` | {default} | {o.help} |")
+    return "\n".join(rows) + "\n"
