@@ -177,6 +177,21 @@ def floor_lines(rounds: list[dict[str, run.Timing]]) -> list[str]:
     return lines
 
 
+def startup_note(startup: str) -> str:
+    """What the interpreter imports before any script runs, which every command pays.
+
+    A site-packages ``.pth`` file can import heavy modules (even ``re``) at start-up; then
+    the commands differ less, and wsgiref's own ``import re`` costs it nothing extra.
+    """
+    rows = parse_importtime(startup)
+    site = next((cumulative for name, _, cumulative in rows if name == "site"), 0)
+    heavy = [name for name in ("re", "typing", "enum", "pathlib") if name in {r[0] for r in rows}]
+    return (
+        f"Start-up (`-c pass`, fastest of {TRIES}): {len(rows)} modules, site {site / 1000:.2f}"
+        f" ms cumulative; already imported then: {', '.join(heavy) or 'none of re, typing'}."
+    )
+
+
 def import_section(python: str, script: Path, env: dict[str, str]) -> tuple[str, str]:
     """Markdown for the importtime reports of ``import cgikit`` and of one real request.
 
@@ -189,10 +204,10 @@ def import_section(python: str, script: Path, env: dict[str, str]) -> tuple[str,
         "import cgikit": ["-c", "import cgikit"],
         "CGI path (one GET request)": [str(script)],
     }
-    parts, summary = [], []
+    parts, summary = [startup_note(startup), ""], []
     for title, args in reports.items():
         report = importtime(python, args, env)
-        shown = shlex.join([Path(python).name, "-X", "importtime", *map(run.portable, args)])
+        shown = shlex.join([run.portable(python), "-X", "importtime", *map(run.portable, args)])
         line = added_imports(report, startup)
         parts += [f"{title}: `{shown}` (fastest of {TRIES}):", "", "```", report, "```", ""]
         parts += [f"{line}.", ""]

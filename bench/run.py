@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -76,19 +77,21 @@ def hyperfine(
         argv += [shlex.join(command) for command in commands.values()]
         subprocess.run(argv, env=None if env is None else dict(env), check=True)
         data = json.loads(export.read_text(encoding="utf-8"))
-    return {
-        name: Timing(
-            name=name,
-            command=result["command"],
-            median=result["median"],
-            mean=result["mean"],
-            stddev=result["stddev"] or 0.0,
-            min=result["min"],
-            max=result["max"],
-            runs=len(result["times"]),
-        )
-        for name, result in zip(commands, data["results"], strict=True)
-    }
+    return {name: _timing(name, r) for name, r in zip(commands, data["results"], strict=True)}
+
+
+def _timing(name: str, result: dict[str, Any]) -> Timing:
+    """A Timing from one entry of hyperfine's ``--export-json`` results."""
+    return Timing(
+        name=name,
+        command=result["command"],
+        median=result["median"],
+        mean=result["mean"],
+        stddev=result["stddev"] or 0.0,  # null when there was a single run
+        min=result["min"],
+        max=result["max"],
+        runs=len(result["times"]),
+    )
 
 
 def _ms(seconds: float) -> str:
