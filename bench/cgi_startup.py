@@ -161,7 +161,8 @@ def added_imports(report: str, startup: str, count: int = 8) -> str:
     rows.sort(key=lambda row: row[1], reverse=True)
     top = ", ".join(f"{name} {own / 1000:.2f}" for name, own, _ in rows[:count])
     total = sum(row[1] for row in rows) / 1000
-    return f"{len(rows)} modules beyond start-up, {total:.2f} ms self in all; costliest (ms): {top}"
+    modules = f"{len(rows)} module{'' if len(rows) == 1 else 's'}"
+    return f"{modules} beyond start-up, {total:.2f} ms self in all; costliest (ms): {top}"
 
 
 def floor_lines(rounds: list[dict[str, run.Timing]]) -> list[str]:
@@ -170,7 +171,7 @@ def floor_lines(rounds: list[dict[str, run.Timing]]) -> list[str]:
     for name, baseline, limit in FLOORS:
         ratios = [r[name].median / r[baseline].median for r in rounds]
         verdicts = [
-            f"round {i}: {x:.2f} {'PASS' if x <= limit else 'FAIL'}"
+            f"round {i}: {x:.3f} {'PASS' if x <= limit else 'FAIL'}"
             for i, x in enumerate(ratios, 1)
         ]
         lines.append(f"- {name} / {baseline} <= {limit:.2f}: " + "; ".join(verdicts))

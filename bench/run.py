@@ -162,7 +162,7 @@ def machine_info(python: str = sys.executable) -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "memory": memory,
         "Python": _python_version(python),
-        "hyperfine": version.stdout.strip() if version else "not installed",
+        "hyperfine": version.stdout.split()[-1] if version else "not installed",
         "kernel": f"{platform.system()} {platform.release()}",
     }
 
