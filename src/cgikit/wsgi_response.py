@@ -194,13 +194,16 @@ class Response:
         self, wrapper: FileWrapper, send_file: "Callable[[int, int, int], int]"
     ) -> None:
         span = wrapper.span()
-        if span is None or self._status is None or self._head_request:
+        if span is None or self._status is None:
             for chunk in wrapper:
                 self.write(chunk)
             return
         fd, offset, count = span
         if self._declared is not None:
             count = min(count, self._declared - self.body_bytes)
+        if self._head_request:
+            self._known = count  # what a GET would send; HEAD reads nothing
+            return
         if count <= 0 or self._code in NO_BODY_STATUSES:
             return
         if not self.headers_sent:
