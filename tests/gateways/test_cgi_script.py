@@ -1,0 +1,244 @@
+"""``cgikit.run(app)`` as a real CGI script: a subprocess with a CGI environment and stdin.
+
+Every run checks the exact stdout bytes, the exit status 0 and that no process of the
+script's group is left behind (helpers_child.run_proc).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cgikit import __version__
+from helpers_child import SRC, TIMEOUT, cgi_env, run_cgi, run_proc, write_script
+
+HERE = Path(__file__).resolve().parent
+PYTHONPATH = f"{SRC}{os.pathsep}{HERE}"
+HELLO = b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+GENERIC_500 = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 94\r\n\r\n500 Internal Server Error\n\n"
+    b"The application failed. The details are in the server's error log.\n"
+)
+
+
+def script_for(tmp_path: Path, app: str, name: str = "app.cgi", runner: str = "") -> Path:
+    runner = runner or "import cgikit\ncgikit.run(app)\n"
+    return write_script(tmp_path, f"from child_apps import {app} as app\n{runner}", name)
+
+
+def env(**overrides: str | bytes | None) -> dict[str, str | bytes]:
+    return cgi_env(PYTHONPATH=PYTHONPATH, **overrides)
+
+
+def echo(tmp_path: Path, stdin: bytes = b"", **overrides: str | bytes | None) -> dict[str, Any]:
+    """Run the echo app; check the header block byte for byte; return what it saw."""
+    proc = run_cgi(script_for(tmp_path, "echo"), env(**overrides), stdin)
+    head, _, body = proc.stdout.partition(b"\r\n\r\n")
+    assert head == (
+        b"Status: 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}".encode()
+    )
+    assert proc.stderr == b""
+    return json.loads(body)
+
+
+def stderr_lines(proc: subprocess.CompletedProcess[bytes]) -> list[str]:
+    return proc.stderr.decode("utf-8", "replace").splitlines()
+
+
+def test_hello(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "hello"), env())
+    assert proc.stdout == HELLO
+    assert proc.stderr == b""
+
+
+def test_c10_content_length_bounds_stdin(tmp_path: Path) -> None:
+    seen = echo(tmp_path, b"abcdeEXTRA", REQUEST_METHOD="POST", CONTENT_LENGTH="5")
+    assert seen["body"] == "abcde"
+    assert seen["content_length"] == "5"
+
+
+def test_chunked_body_reads_to_eof(tmp_path: Path) -> None:
+    seen = echo(tmp_path, b"whole body", REQUEST_METHOD="POST", HTTP_TRANSFER_ENCODING="chunked")
+    assert (seen["body"], seen["input_terminated"]) == ("whole body", True)
+
+
+def test_c11_httpoxy(tmp_path: Path) -> None:
+    seen = echo(tmp_path, HTTP_PROXY="http://evil:1")
+    assert seen["environ_proxy"] is None
+    assert seen["os_proxy"] is None
+
+
+def test_c9_path_info_bytes_survive(tmp_path: Path) -> None:
+    seen = echo(tmp_path, PATH_INFO=b"/caf\xc3\xa9", QUERY_STRING=b"q=\xff")
+    assert seen["path_info"] == "/caf\xc3\xa9"
+    assert seen["query"] == "q=\xff"
+
+
+def test_non_numeric_content_length_is_400(tmp_path: Path) -> None:
+    overrides = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "abc"}
+    proc = run_cgi(script_for(tmp_path, "echo"), env(**overrides), b"abc")
+    assert proc.stdout == (
+        b"Status: 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 16\r\n\r\n400 Bad Request\n"
+    )
+    assert stderr_lines(proc) == [
+        "cgikit: /app.cgi: cannot serve this request: CONTENT_LENGTH is not a number: 'abc'"
+    ]
+
+
+def test_missing_request_method_is_500(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "echo"), env(REQUEST_METHOD=None))
+    assert proc.stdout == (
+        b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 26\r\n\r\n500 Internal Server Error\n"
+    )
+    [line] = stderr_lines(proc)
+    assert "REQUEST_METHOD" in line and "Traceback" not in line
+
+
+def test_print_in_the_app_goes_to_stderr(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "printing"), env())
+    assert proc.stdout == HELLO
+    assert stderr_lines(proc) == ["stray print from the app"]
+
+
+def test_head_sends_no_body(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "hello"), env(REQUEST_METHOD="HEAD"))
+    assert proc.stdout == HELLO[: -len(b"hello")]
+
+
+def test_nph_script_speaks_http(tmp_path: Path) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    proc = run_cgi(script_for(tmp_path, "hello", name="nph-app.cgi"), env())
+    after = datetime.now(UTC)
+    head, _, body = proc.stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 200 OK"
+    assert lines[1].startswith("Date: ")
+    assert before <= email.utils.parsedate_to_datetime(lines[1][6:]) <= after
+    assert lines[2:] == [
+        f"Server: cgikit/{__version__}",
+        "Content-Type: text/plain",
+        "Content-Length: 5",
+        "Connection: close",
+    ]
+    assert body == b"hello"
+
+
+def test_debug_page_from_the_environment(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "raising"), env(CGIKIT_DEBUG="1"))
+    head, _, body = proc.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"Status: 500 Internal Server Error\r\n")
+    assert b"Content-Type: text/html; charset=utf-8\r\n" in head + b"\r\n"
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert b"&lt;script&gt;boom&lt;/script&gt;" in body and b"<script>" not in body
+    assert b"Traceback (most recent call last)" in proc.stderr
+
+
+def test_error_before_headers_is_a_generic_500(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "raising"), env())
+    assert proc.stdout == GENERIC_500
+    assert b"Traceback (most recent call last)" in proc.stderr
+    assert b"ValueError: <script>boom</script>" in proc.stderr
+
+
+def test_error_after_headers_cuts_the_body(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "cut"), env())
+    assert proc.stdout == b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\npartial"
+    assert b"RuntimeError: failed after the headers" in proc.stderr
+    assert b"cut short" in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["env", "keyword"])
+def test_log_file(tmp_path: Path, how: str) -> None:
+    log = tmp_path / "cgi.log"
+    runner = f"import cgikit\ncgikit.run(app, log_file={str(log)!r})\n"
+    if how == "env":
+        script, overrides = script_for(tmp_path, "error_writer"), {"CGIKIT_LOG_FILE": str(log)}
+    else:
+        script, overrides = script_for(tmp_path, "error_writer", runner=runner), {}
+    proc = run_cgi(script, env(**overrides))
+    assert proc.stdout.endswith(b"X-Content-Type-Options: nosniff\r\n\r\nno type")
+    assert proc.stderr == b""
+    lines = log.read_text().splitlines()
+    assert lines[0] == "written to wsgi.errors"
+    assert len(lines) == 2 and lines[1].startswith("[")
+    assert "cgikit: /app.cgi: app sent a body without Content-Type" in lines[1]
+
+
+@pytest.mark.parametrize("flags", [(), ("-O",), ("-OO",)])
+def test_bad_header_is_500_even_under_dash_o(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    script = script_for(tmp_path, "bad_header")
+    proc = run_proc([sys.executable, *flags, str(script)], env())
+    assert proc.returncode == 0
+    assert proc.stdout == GENERIC_500
+    assert b"Injected" not in proc.stdout
+    [line] = stderr_lines(proc)
+    assert "bad response from the app" in line
+
+
+def test_wsgiref_style_cgihandler_is_the_same(tmp_path: Path) -> None:
+    runner = "from cgikit import CGIHandler\nCGIHandler().run(app)\n"
+    plain = run_cgi(script_for(tmp_path, "echo"), env(CONTENT_LENGTH="3"), b"abcd")
+    handler = run_cgi(
+        script_for(tmp_path, "echo", "h.cgi", runner), env(CONTENT_LENGTH="3"), b"abcd"
+    )
+    assert handler.stdout == plain.stdout
+    assert b'"body": "abc"' in plain.stdout
+
+
+def test_file_wrapper_through_stdout_pipe(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    (tmp_path / "data.bin").write_bytes(data)
+    proc = run_cgi(script_for(tmp_path, "send_file"), env(CHILD_FILE=str(tmp_path / "data.bin")))
+    assert proc.stdout == (
+        b"Status: 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+
+
+def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {marker!r} within {timeout}s; got {data!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_streaming_reaches_the_server_at_once(tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen(
+        [sys.executable, str(script_for(tmp_path, "streaming"))],
+        env=env(CHILD_FLAG=str(flag)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first = read_until(proc.stdout.fileno(), b"first\n", timeout=10)
+        flag.touch()
+        rest, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first + rest == b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst\nsecond\n"
+    assert proc.returncode == 0 and stderr == b""
