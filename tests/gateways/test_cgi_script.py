@@ -137,6 +137,32 @@ def test_nph_script_speaks_http(tmp_path: Path) -> None:
     assert body == b"hello"
 
 
+def nph_lines(stdout: bytes) -> tuple[list[str], bytes]:
+    head, _, body = stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[1].startswith("Date: ") and lines[2] == f"Server: cgikit/{__version__}"
+    return [lines[0], *lines[3:]], body
+
+
+def test_nph_app_error_is_an_http_500(tmp_path: Path) -> None:
+    proc = run_cgi(script_for(tmp_path, "raising", name="nph-app.cgi"), env())
+    lines, body = nph_lines(proc.stdout)
+    assert lines[0] == "HTTP/1.1 500 Internal Server Error"
+    assert lines[-1] == "Connection: close"
+    assert body == GENERIC_500.partition(b"\r\n\r\n")[2]
+
+
+def test_nph_broken_environment_is_still_http(tmp_path: Path) -> None:
+    # RFC 3875 §5.2: an NPH script's whole output is the HTTP response; a "Status:"
+    # header block would reach the client as garbage.
+    overrides = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "abc"}
+    proc = run_cgi(script_for(tmp_path, "echo", name="nph-app.cgi"), env(**overrides), b"abc")
+    assert proc.stdout.startswith(b"HTTP/1.1 400 Bad Request\r\nDate: ")
+    lines, body = nph_lines(proc.stdout)
+    assert lines[-1] == "Connection: close"
+    assert body == b"400 Bad Request\n"
+
+
 def test_debug_page_from_the_environment(tmp_path: Path) -> None:
     proc = run_cgi(script_for(tmp_path, "raising"), env(CGIKIT_DEBUG="1"))
     head, _, body = proc.stdout.partition(b"\r\n\r\n")
@@ -178,6 +204,17 @@ def test_log_file(tmp_path: Path, how: str) -> None:
     assert "cgikit: /app.cgi: app sent a body without Content-Type" in lines[1]
 
 
+def test_unusable_log_file_falls_back_to_stderr(tmp_path: Path) -> None:
+    log = tmp_path / "missing-dir" / "cgi.log"
+    proc = run_cgi(script_for(tmp_path, "error_writer"), env(CGIKIT_LOG_FILE=str(log)))
+    assert proc.stdout.endswith(b"\r\n\r\nno type")
+    lines = stderr_lines(proc)
+    assert lines[0].startswith("cgikit: cannot open log file, using stderr:")
+    assert lines[1] == "written to wsgi.errors"
+    assert lines[2].startswith("cgikit: /app.cgi: app sent a body without Content-Type")
+    assert not log.exists()
+
+
 @pytest.mark.parametrize("flags", [(), ("-O",), ("-OO",)])
 def test_bad_header_is_500_even_under_dash_o(tmp_path: Path, flags: tuple[str, ...]) -> None:
     script = script_for(tmp_path, "bad_header")
@@ -208,6 +245,14 @@ def test_file_wrapper_through_stdout_pipe(tmp_path: Path) -> None:
         + f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
+
+
+@pytest.mark.parametrize("app", ["hello", "raising", "cut", "bad_header", "printing"])
+def test_exit_status_zero_and_nothing_left_behind(tmp_path: Path, app: str) -> None:
+    script = script_for(tmp_path, app)
+    proc = run_proc([sys.executable, str(script)], env())  # checks the process group
+    assert proc.returncode == 0
+    assert proc.stdout.startswith(b"Status: ")
 
 
 def read_until(fd: int, marker: bytes, timeout: float) -> bytes:

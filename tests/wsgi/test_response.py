@@ -83,6 +83,7 @@ def test_o3_utf8_body_length_in_bytes() -> None:
     assert out.data == (
         b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\n" + body
     )
+    assert_same_as_validated(list_app([body]), out)
 
 
 def test_o4_head_keeps_the_declared_length() -> None:
@@ -111,6 +112,7 @@ def test_o5_empty_chunks_only() -> None:
 def test_o9_cgi_framing_whatever_the_protocol(protocol: str) -> None:
     out = respond(list_app([b"x"]), meta={"SERVER_PROTOCOL": protocol})
     assert out.data.startswith(b"Status: 200 OK\r\n")
+    assert_same_as_validated(list_app([b"x"]), out, meta={"SERVER_PROTOCOL": protocol})
 
 
 @pytest.mark.parametrize(
@@ -154,6 +156,9 @@ def test_o12_head_sends_no_body_and_the_length_get_would(make: Any) -> None:
     assert ("Content-Length", "11") in head_headers
     no_length = [h for h in head_headers if h[0] != "Content-Length"]
     assert no_length == [h for h in get_headers if h[0] != "Content-Length"]
+    if ("Content-Type", "text/plain") in get_headers:  # valid WSGI: same through validator
+        assert_same_as_validated(make(), get)
+        assert_same_as_validated(make(), head, "HEAD")
 
 
 @pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])

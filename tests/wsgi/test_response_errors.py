@@ -9,7 +9,7 @@ import pytest
 
 from cgikit.errorpage import GENERIC_BODY
 from cgikit.wsgi_response import Response
-from helpers_child import Out, make_environ, respond, split_response
+from helpers_child import Out, assert_same_as_validated, make_environ, respond, split_response
 
 TEXT = [("Content-Type", "text/plain")]
 GENERIC_500 = (
@@ -169,6 +169,7 @@ def test_exc_info_before_headers_replaces_the_response() -> None:
         b"Status: 503 Busy\r\nContent-Type: text/csv\r\nContent-Length: 4\r\n\r\noops"
     ]
     assert out.logs == []
+    assert_same_as_validated(app, out)
 
 
 def test_exc_info_after_headers_reraises() -> None:
@@ -250,3 +251,35 @@ def test_debug_off_shows_nothing_of_the_error() -> None:
     out = respond(failing_app)
     assert out.sent == [GENERIC_500]
     assert b"script" not in out.data and b"failing_app" not in out.data
+
+
+BACKEND_ERRORS = [
+    ConnectionRefusedError(111, "database refused the connection"),
+    ConnectionResetError(104, "backend reset the connection"),
+    BrokenPipeError(32, "pipe to a helper process broke"),
+]
+
+
+@pytest.mark.parametrize("error", BACKEND_ERRORS, ids=lambda e: type(e).__name__)
+def test_app_connection_error_before_headers_is_a_500(error: OSError) -> None:
+    # The app's own connection to a backend failing is an app failure (RFC 3875 §6.1: a
+    # response is always sent), not "the client went away": only a failing send is that.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise error
+
+    out = respond(app)
+    assert out.sent == [GENERIC_500]
+    assert len(out.logs) == 1 and "Traceback (most recent call last)" in out.logs[0]
+
+
+@pytest.mark.parametrize("error", BACKEND_ERRORS, ids=lambda e: type(e).__name__)
+def test_app_connection_error_after_headers_is_logged_with_traceback(error: OSError) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", TEXT)
+        yield b"partial"
+        raise error
+
+    out = respond(app)
+    assert out.sent == [b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\npartial"]
+    assert "Traceback (most recent call last)" in out.logs[0]
+    assert not any("went away" in line for line in out.logs)
