@@ -18,6 +18,12 @@ import os
 import sys
 
 __version__ = "0.1.0"
+
+# httpoxy (CVE-2016-5386 and siblings): under CGI a client's "Proxy:" header arrives as
+# HTTP_PROXY, which HTTP libraries read as the outbound proxy. Scripts import cgikit
+# before their app, so removing it here protects the app's module-level code too.
+if "GATEWAY_INTERFACE" in os.environ:
+    os.environ.pop("HTTP_PROXY", None)
 __all__ = [
     "RUN_OPTIONS",
     "CGIHandler",
@@ -143,11 +149,14 @@ def run(
         raise SystemExit(status)
 
 
-def run_auto(app: "WSGIApp", args: list[str] | None = None, **given: object) -> int:
+def run_auto(
+    app: "WSGIApp", args: list[str] | None = None, script: str | None = None, **given: object
+) -> int:
     """Serve ``app`` with the gateway that started this process; return an exit status.
 
     A CGI server sets GATEWAY_INTERFACE (RFC 3875 §4.1.4); anyone else is a person at a
-    terminal, who gets one request emulated from ``args`` (default ``sys.argv[1:]``).
+    terminal, who gets one request emulated from ``args`` (default ``sys.argv[1:]``) for
+    ``script`` (default ``sys.argv[0]``).
     ``given`` holds option keywords (cgikit.options); None means "not given".
     """
     options = resolve(RUN_OPTIONS, given, os.environ)
@@ -158,7 +167,7 @@ def run_auto(app: "WSGIApp", args: list[str] | None = None, **given: object) -> 
         return 0
     from cgikit.terminal import emulate
 
-    return emulate(app, sys.argv[1:] if args is None else args, options)
+    return emulate(app, sys.argv[1:] if args is None else args, options, script)
 
 
 class CGIHandler:
@@ -169,7 +178,7 @@ class CGIHandler:
 
     def run(self, application: "WSGIApp") -> None:
         """Serve one request with ``application`` (same as ``cgikit.run``)."""
-        status = run_auto(application, None, **self.options)
+        status = run_auto(application, None, None, **self.options)
         if status:
             raise SystemExit(status)
 

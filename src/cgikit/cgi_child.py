@@ -12,7 +12,7 @@ import sys
 
 from cgikit.cgi_headers import serialize_cgi
 from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
-from cgikit.wsgi_response import FileWrapper, Response
+from cgikit.wsgi_response import ClientGone, FileWrapper, Response
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def serve(
         environ["wsgi.file_wrapper"] = FileWrapper
     except EnvironError as exc:
         log(f"cannot serve this request: {exc.reason}")
-        _answer(Response(environ, send_all, log), exc.status)
+        _answer(Response(environ, send_all, log, serialize=serialize or serialize_cgi), exc.status)
         return
     response = Response(
         environ,
@@ -146,8 +146,8 @@ def _answer(response: Response, status: str) -> None:
     try:
         response.write(body)
         response.finish()
-    except OSError:
-        pass  # the client is gone; it was logged already why we refused it
+    except ClientGone:
+        pass  # the client is gone; the log already says why we refused it
 
 
 def open_errors(log_file: object) -> "tuple[TextIO, bool]":

@@ -18,7 +18,7 @@ class HeaderError(ValueError):
 
 
 # RFC 9110 §5.6.2: a field name is a token.
-_TOKEN_CHARS = frozenset(
+TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
@@ -97,7 +97,7 @@ def check_headers(headers: object) -> list[str]:
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise HeaderError(f"header name and value must be str: {item!r}")
-        if not name or not _TOKEN_CHARS.issuperset(name):
+        if not name or not TOKEN_CHARS.issuperset(name):
             raise HeaderError(f"header name is not an RFC 9110 token: {name!r}")
         _check_text(value, f"value of header {name!r}")
         lower = name.lower()

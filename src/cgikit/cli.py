@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = load_app(args.app)
     given = {option.name: getattr(args, option.name) for option in RUN_OPTIONS}
-    return run_auto(app, args.request, **given)
+    return run_auto(app, args.request, "", **given)
 
 
 def markdown_table(options: tuple[Option, ...] = RUN_OPTIONS) -> str:

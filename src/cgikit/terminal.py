@@ -28,7 +28,9 @@ def parse_args(args: list[str]) -> tuple[str, str]:
     """``(method, target)`` from ``[METHOD] [PATH?QUERY]``; GET and / by default."""
     method, target = "GET", ""
     rest = list(args)
-    if rest and rest[0].isalpha():
+    # A method is a word in capitals, or any word followed by a target ("get /x");
+    # a lone lowercase word ("about") is a path.
+    if rest and rest[0].isalpha() and (rest[0].isupper() or len(rest) > 1):
         method = rest.pop(0).upper()
     if rest:
         target = rest.pop(0)
@@ -72,8 +74,14 @@ def emulated_meta(
     return meta
 
 
-def emulate(app: WSGIApp, args: list[str], options: Mapping[str, object]) -> int:
-    """Run one emulated request; returns the process exit status."""
+def emulate(
+    app: WSGIApp, args: list[str], options: Mapping[str, object], script: str | None = None
+) -> int:
+    """Run one emulated request; returns the process exit status.
+
+    ``script`` names the script the request is for (default ``sys.argv[0]``; "" mounts
+    the app at the root, as ``cgikit run module:app`` does).
+    """
     if args[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
@@ -83,7 +91,8 @@ def emulate(app: WSGIApp, args: list[str], options: Mapping[str, object]) -> int
         sys.stderr.write(f"cgikit: {exc}\n")
         return 2
     body = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    meta = emulated_meta(method, target, sys.argv[0], os.environ, len(body) if body else None)
+    script = sys.argv[0] if script is None else script
+    meta = emulated_meta(method, target, script, os.environ, len(body) if body else None)
     sys.stderr.write(
         f"cgikit: not started by a web server (no GATEWAY_INTERFACE): emulating {method} "
         f"{meta['REQUEST_URI']}; the raw CGI response follows. {USAGE}\n"

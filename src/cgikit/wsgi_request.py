@@ -16,6 +16,8 @@ or a record stream for later gateways); b"" from it means the peer is gone.
 No I/O: callers pass the variables, the body source and the error stream in.
 """
 
+from cgikit.cgi_headers import TOKEN_CHARS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -61,7 +63,7 @@ def content_length(meta: "Mapping[str, str]") -> int | None:
     Raises:
         EnvironError: ``400 Bad Request`` when CONTENT_LENGTH is not a decimal number.
     """
-    raw = meta.get("CONTENT_LENGTH", "").strip()
+    raw = meta.get("CONTENT_LENGTH", "")
     if not raw:
         te = meta.get("HTTP_TRANSFER_ENCODING", "")
         return None if "chunked" in te.lower() else 0
@@ -105,7 +107,7 @@ def build_environ(
     for name in DROPPED:
         env.pop(name, None)
     method = meta.get("REQUEST_METHOD", "")
-    if not method or not method.isalpha():
+    if not method or not TOKEN_CHARS.issuperset(method):  # RFC 3875 §4.1.12: a token
         raise EnvironError(
             "500 Internal Server Error", f"REQUEST_METHOD is missing or invalid: {method!r}"
         )
@@ -121,15 +123,22 @@ def build_environ(
     env.setdefault("PATH_INFO", "")
     env.setdefault("QUERY_STRING", "")
     scheme = url_scheme(meta)
-    env.setdefault("SERVER_NAME", _host_name(meta.get("HTTP_HOST", "")) or "localhost")
-    env.setdefault("SERVER_PORT", "443" if scheme == "https" else "80")
-    env.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
+    # PEP 3333 requires these; empty counts as missing (lighttpd passes SERVER_NAME=""
+    # for an HTTP/1.0 request without Host, and URLs rebuilt from it lose their host).
+    if not meta.get("SERVER_NAME"):
+        env["SERVER_NAME"] = _host_name(meta.get("HTTP_HOST", "")) or "localhost"
+    if not meta.get("SERVER_PORT"):
+        env["SERVER_PORT"] = "443" if scheme == "https" else "80"
+    if not meta.get("SERVER_PROTOCOL"):
+        env["SERVER_PROTOCOL"] = "HTTP/1.0"
     if meta.get("SERVER_SOFTWARE", "").startswith("Microsoft-IIS"):
         _repair_iis_path(env)
     env["wsgi.version"] = (1, 0)
     env["wsgi.url_scheme"] = scheme
     env["wsgi.input"] = wsgi_input
-    env["wsgi.input_terminated"] = length is None
+    if length is None:
+        # Only when true: Werkzeug takes the key's mere presence to mean "read to EOF".
+        env["wsgi.input_terminated"] = True
     env["wsgi.errors"] = errors
     env["wsgi.multithread"] = False
     env["wsgi.multiprocess"] = True
@@ -163,13 +172,14 @@ class BoundedInput:
     def _pull(self, want: int) -> bytes:
         """Up to ``want`` new bytes from the source (b"" at the end of the body)."""
         if self._remaining is None:
-            data = self._read(want)
+            data = self._read(min(want, _CHUNK))
             if not data:
                 self._remaining = 0
             return data
         if self._remaining <= 0:
             return b""
-        data = self._read(min(want, self._remaining))
+        # Capped: os.read allocates what it is asked for, and CONTENT_LENGTH can lie.
+        data = self._read(min(want, self._remaining, _CHUNK))
         if not data:
             missing = self._remaining
             self._remaining = 0

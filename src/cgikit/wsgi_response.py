@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
     from cgikit._typing import Environ, Headers, OptExcInfo, WriteBody, WSGIApp
 
+
+class ClientGone(Exception):
+    """Sending failed: the client (or the server in between) went away."""
+
+
 # Never text/html: CVE-2020-24553 (Go's child defaulted to it and served attacker HTML).
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -159,20 +164,31 @@ class Response:
                     return
         self.body_bytes += len(data)
         if self.headers_sent:
-            self._send(data)
+            self._out(data)
         else:
-            self._send(self._head(self._known, has_body=True) + data)
+            self._out(self._head(self._known, has_body=True) + data)
 
     # -- driving the app ---------------------------------------------------------------
 
     def run(self, app: "WSGIApp") -> None:
         """Call ``app`` and send its whole response; never raises for app errors."""
         try:
-            self._run(app)
-        except (BrokenPipeError, ConnectionError) as exc:
-            self._log(f"client went away before the response was complete ({exc})")
-        except Exception:  # the app's fault: turned into a 500 and a log entry
-            self.fail(sys.exc_info())  # type: ignore[arg-type]
+            try:
+                self._run(app)
+            except ClientGone:
+                raise
+            except (Exception, SystemExit):  # the app's fault: a 500 and a log entry
+                self.fail(sys.exc_info())  # type: ignore[arg-type]
+        except ClientGone as exc:
+            # Only a failed send lands here; an OSError of the app's own (its database
+            # refused a connection, say) is an app error above, with its traceback.
+            self._log(f"client went away before the response was complete ({exc.__cause__})")
+
+    def _out(self, data: bytes) -> None:
+        try:
+            self._send(data)
+        except OSError as exc:
+            raise ClientGone from exc
 
     def _run(self, app: "WSGIApp") -> None:
         result = app(self.environ, self.start_response)
@@ -207,8 +223,11 @@ class Response:
         if count <= 0 or self._code in NO_BODY_STATUSES:
             return
         if not self.headers_sent:
-            self._send(self._head(count if self._declared is None else None, has_body=True))
-        self.body_bytes += send_file(fd, offset, count)
+            self._out(self._head(count if self._declared is None else None, has_body=True))
+        try:
+            self.body_bytes += send_file(fd, offset, count)
+        except OSError as exc:
+            raise ClientGone from exc
 
     def finish(self) -> None:
         """Send the headers if no body chunk carried them, and check the length."""
@@ -217,10 +236,11 @@ class Response:
         if not self.headers_sent:
             if self._head_request:
                 length = self._known if self._known is not None else (self.body_bytes or None)
-                self._send(self._head(length, has_body=bool(length)))
+                self._out(self._head(length, has_body=bool(length)))
             else:
-                self._send(self._head(0, has_body=False))
-        elif self._declared is not None and self.body_bytes < self._declared:
+                self._out(self._head(0, has_body=False))
+        short = self._declared is not None and self.body_bytes < self._declared
+        if short and not self._head_request and self._code not in NO_BODY_STATUSES:
             self._log(f"app sent {self.body_bytes} of its Content-Length {self._declared}")
 
     def _drop_body(self, size: int) -> None:
@@ -256,7 +276,7 @@ class Response:
         else:
             self._log(errorpage.format_traceback(exc))
         if self.headers_sent:
-            self._log("error after the headers were sent; the response body is cut short")
+            self._log("the error came after the headers were sent: the response may be incomplete")
             return
         if self._debug:
             status, headers, body = errorpage.debug_page(exc, self.environ)
@@ -267,4 +287,4 @@ class Response:
         self.body_bytes = 0
         if self._head_request:
             body = b""
-        self._send(self._head(None, has_body=True) + body)
+        self._out(self._head(None, has_body=True) + body)

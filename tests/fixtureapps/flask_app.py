@@ -1,9 +1,8 @@
 """A Flask app: a query argument, a POST form, flask.redirect and a 404.
 
-The form test posts multipart/form-data. A urlencoded form would fail here, but not
-because of cgikit: werkzeug reads such a body with ``wsgi.input.read()`` (no size) when
-``wsgi.input_terminated`` is in the environ, and the validator only allows
-``read(size)`` (PEP 3333).
+The form is posted both urlencoded and multipart. (werkzeug reads a body with
+``read()``, no size, which the validator forbids, whenever ``wsgi.input_terminated`` is
+in the environ; cgikit sets that key only for chunked uploads.)
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def report(environ: dict[str, Any]) -> dict[str, Any]:
         "os_proxy": os.environ.get("HTTP_PROXY"),
         "import_proxy": IMPORT_TIME_PROXY,
         "cookie": environ.get("HTTP_COOKIE"),
-        "input_terminated": environ["wsgi.input_terminated"],
+        "input_terminated": environ.get("wsgi.input_terminated", False),
     }
 
 
