@@ -346,7 +346,7 @@ def test_flask_post_form(server: Server) -> None:
 @on_every_server()
 def test_flask_post_urlencoded_form(server: Server) -> None:
     mark = server.log_size()
-    body = "name=Ada&words=caf%C3%A9+%26+more".encode()
+    body = b"name=Ada&words=caf%C3%A9+%26+more"
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     reply = request(server, "POST", "/cgi-bin/flask_app.cgi/form", body=body, headers=headers)
     assert reply.status == 200, reply.body
