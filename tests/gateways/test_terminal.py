@@ -70,6 +70,9 @@ def test_path_without_method_and_lowercase_method(tmp_path: Path) -> None:
     assert (seen["method"], seen["path_info"]) == ("GET", "/only/path")
     seen = parse(run_cgi(script(tmp_path), env(), None, "delete", "/r").stdout)
     assert (seen["method"], seen["path_info"]) == ("DELETE", "/r")
+    # A lone lowercase word is a path, not a method.
+    seen = parse(run_cgi(script(tmp_path), env(), None, "about").stdout)
+    assert (seen["method"], seen["path_info"]) == ("GET", "/about")
 
 
 def test_post_body_from_stdin(tmp_path: Path) -> None:

@@ -64,6 +64,16 @@ def test_o6_exception_before_start_response() -> None:
     assert "ValueError: boom <secret path>" in out.logs[0]
 
 
+def test_sys_exit_in_the_app_is_a_500_not_a_silent_exit() -> None:
+    # Without a response the server would say only "premature end of script headers".
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        sys.exit(3)
+
+    out = respond(app)
+    assert out.sent == [GENERIC_500]
+    assert "SystemExit: 3" in out.logs[0]
+
+
 def test_exception_after_start_response_before_body_is_still_a_500() -> None:
     body = Body([b"never"], fail_after=0)
     out = respond(body_app(body))
