@@ -114,7 +114,8 @@ class Response:
         self._declared: int | None = None  # the app's Content-Length
         self._known: int | None = None  # a length we worked out before sending
         self.body_bytes = 0  # body bytes the app produced (sent, or counted for HEAD)
-        self._dropped_body = False
+        self._dropped_body = False  # logged that a HEAD/204/304 body was dropped
+        self._overflowed = False  # logged that the body outgrew its Content-Length
 
     # -- PEP 3333 callables ------------------------------------------------------------
 
@@ -158,8 +159,10 @@ class Response:
         if self._declared is not None:
             room = self._declared - self.body_bytes
             if len(data) > room:
-                self._log(f"app sent more than its Content-Length {self._declared}; cut")
-                data = data[: max(room, 0)]
+                if not self._overflowed:
+                    self._overflowed = True
+                    self._log(f"app sent more than its Content-Length {self._declared}; cut")
+                data = data[:room]
                 if not data:
                     return
         self.body_bytes += len(data)
