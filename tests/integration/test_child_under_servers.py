@@ -261,9 +261,16 @@ def test_head_gets_no_body_and_the_get_length(server: Server) -> None:
     assert status == "HTTP/1.1 200 OK"
     assert fields["x-method"] == ["HEAD"]
     assert body == b""  # read until the server closed: nothing after the headers
-    assert fields.get("content-length", [None])[0] == get.header("Content-Length")
+    head_length = fields.get("content-length", [None])[0]
     if KEEPS_SCRIPT_CONTENT_LENGTH[server.name]:
         assert get.header("Content-Length") == str(len(head.BODY))
+        assert head_length == get.header("Content-Length")
+    else:
+        # Apache drops the script's Content-Length and computes its own only when the
+        # whole body reaches it at once, which is a matter of timing: whatever it says
+        # must still be the truth.
+        assert head_length in (None, str(len(head.BODY)))
+        assert get.header("Content-Length") in (None, str(len(head.BODY)))
 
 
 @on_every_server()
