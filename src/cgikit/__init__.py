@@ -100,6 +100,15 @@ RUN_OPTIONS = (
         "Content-Type sent (with X-Content-Type-Options: nosniff) when the app gives a "
         "body without one; a warning is logged. Never sniffed, never text/html.",
     ),
+    Option(
+        "script_name",
+        "CGIKIT_SCRIPT_NAME",
+        str,
+        None,
+        "The app's mount point, replacing the server's SCRIPT_NAME (a trailing / is "
+        "dropped, so / means the root): for URLs a rewrite rule sends to the script, so "
+        "that the links the app builds leave out its file name. PATH_INFO is unchanged.",
+    ),
 )
 
 
@@ -126,6 +135,7 @@ def run(
     debug: bool | None = None,
     log_file: str | None = None,
     default_content_type: str | None = None,
+    script_name: str | None = None,
 ) -> None:
     """Serve ``app`` through whatever gateway started this process.
 
@@ -139,11 +149,17 @@ def run(
             (default: env ``CGIKIT_LOG_FILE``).
         default_content_type: sent when the app gives a body but no Content-Type
             (default: env ``CGIKIT_DEFAULT_CONTENT_TYPE``, else ``application/octet-stream``).
+        script_name: the app's mount point, replacing SCRIPT_NAME, for when a rewrite
+            rule hides the script's name from URLs (default: env ``CGIKIT_SCRIPT_NAME``).
     Raises:
         SystemExit: only when terminal emulation was given bad arguments.
     """
     status = run_auto(
-        app, debug=debug, log_file=log_file, default_content_type=default_content_type
+        app,
+        debug=debug,
+        log_file=log_file,
+        default_content_type=default_content_type,
+        script_name=script_name,
     )
     if status:
         raise SystemExit(status)

@@ -117,6 +117,8 @@ def serve(
         body = BoundedInput(read or (lambda n: os.read(STDIN, n)), length)
         environ = build_environ(meta, body, errors, length)
         environ["wsgi.file_wrapper"] = FileWrapper
+        if options["script_name"] is not None:
+            environ["SCRIPT_NAME"] = str(options["script_name"]).rstrip("/")
     except EnvironError as exc:
         log(f"cannot serve this request: {exc.reason}")
         _answer(Response(environ, send_all, log, serialize=serialize or serialize_cgi), exc.status)
