@@ -97,6 +97,8 @@ def hyperfine_times(
     ``--shell=none`` because a shell would add its own start-up (milliseconds) to every
     command and blur exactly the differences these benchmarks look for. ``env`` is the
     environment of hyperfine, which the commands inherit. Runs in ``commands`` order.
+    hyperfine's own warnings (outliers, a slow first run) are dropped: on a shared machine
+    they come with every slice, and the pooled statistics are robust to them.
     """
     exe = shutil.which("hyperfine")
     if exe is None:
@@ -110,7 +112,10 @@ def hyperfine_times(
         for name in commands:  # hyperfine pairs names with commands in order
             argv += ["--command-name", name]
         argv += [shlex.join(command) for command in commands.values()]
-        subprocess.run(argv, env=None if env is None else dict(env), check=True)
+        done = subprocess.run(argv, env=None if env is None else dict(env), capture_output=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr.decode(errors="replace"))
+            raise SystemExit(f"bench: hyperfine failed with exit status {done.returncode}")
         data = json.loads(export.read_text(encoding="utf-8"))
     results = zip(commands, data["results"], strict=True)
     return {name: [float(t) for t in result["times"]] for name, result in results}
