@@ -204,7 +204,8 @@ def launch(name: str, argv: list[str], rundir: Path, port: int, error_log: Path)
     return server
 
 
-def start_apache(docroot: Path) -> Server:
+def start_apache(docroot: Path, addon: str | None = None) -> Server:
+    """Apache from apache-cgid.conf; ``addon``, a docs/deploy/ file, is included after it."""
     binary = find_binary(APACHE_BINARIES)
     moddir = next((d for d in APACHE_MODULE_DIRS if Path(d, "mod_cgid.so").is_file()), None)
     if binary is None or moddir is None:
@@ -216,6 +217,9 @@ def start_apache(docroot: Path) -> Server:
     config.write_text(render("apache-cgid.conf", values), "utf-8")
     (rundir / "error.log").touch()
     argv = [binary, "-f", str(config), "-DFOREGROUND"]
+    if addon is not None:
+        (rundir / addon).write_text(render(addon, values), "utf-8")
+        argv += ["-c", f'Include "{rundir / addon}"']
     return launch("apache", argv, rundir, port, rundir / "error.log")
 
 
@@ -301,10 +305,15 @@ class ServerPool:
 
 def start_with_retries(name: str, docroot: Path, attempts: int = 3) -> Server:
     """Start a server; another process may take the free port first, so try again."""
+    return retry_start(lambda: STARTERS[name](docroot), attempts)
+
+
+def retry_start(start: Callable[[], Server], attempts: int = 3) -> Server:
+    """``start()`` until a server runs: the free port may be taken before it binds."""
     error: RuntimeError | None = None
     for _ in range(attempts):
         try:
-            return STARTERS[name](docroot)
+            return start()
         except RuntimeError as exc:
             error = exc
     assert error is not None

@@ -103,12 +103,19 @@ def make_readable(root: Path) -> None:
             os.chmod(path, 0o755 if name.endswith(".cgi") else 0o644)
 
 
-def write_scripts(runtime: Runtime, lib: Path) -> None:
+def write_scripts(runtime: Runtime) -> None:
     cgi_bin = runtime.docroot / "cgi-bin"
     cgi_bin.mkdir(parents=True)
     for script, module in fixtureapps.SCRIPTS.items():
-        text = SCRIPT.format(interpreter=runtime.interpreter, module=module, lib=str(lib))
-        (cgi_bin / script).write_text(text, "utf-8")
+        write_script(runtime, cgi_bin / script, module)
+
+
+def write_script(runtime: Runtime, path: Path, module: str) -> None:
+    """A CGI script at ``path`` (0755) that serves fixtureapps.``module`` from ROOT/lib."""
+    lib = str(runtime.root / "lib")
+    text = SCRIPT.format(interpreter=runtime.interpreter, module=module, lib=lib)
+    path.write_text(text, "utf-8")
+    path.chmod(0o755)
 
 
 def build_runtime() -> Runtime:
@@ -135,7 +142,7 @@ def populate(runtime: Runtime) -> None:
     shutil.copytree(Path(fixtureapps.__file__).parent, lib / "fixtureapps", ignore=skip_caches)
     for name in FLASK_PACKAGES:
         copy_package(name, lib)
-    write_scripts(runtime, lib)
+    write_scripts(runtime)
     # Byte-compile now, with the scripts' interpreter: www-data cannot write __pycache__,
     # so without this every request would compile Flask from source again.
     compile_all = [runtime.interpreter, "-m", "compileall", "-q", str(lib)]
