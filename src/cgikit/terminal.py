@@ -13,7 +13,7 @@ import os
 import sys
 from urllib.parse import unquote_to_bytes
 
-from cgikit import cgi_child
+import cgikit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def emulate(
         f"cgikit: not started by a web server (no GATEWAY_INTERFACE): emulating {method} "
         f"{meta['REQUEST_URI']}; the raw CGI response follows. {USAGE}\n"
     )
-    errors, stamped = cgi_child.open_errors(options["log_file"])
-    log = cgi_child.make_log(errors, meta["SCRIPT_NAME"] or "app", stamped)
-    cgi_child.serve(app, meta, errors, log, options, io.BytesIO(body or b"").read)
+    errors, stamped = cgikit.open_errors(options["log_file"])
+    log = cgikit.make_log(errors, meta["SCRIPT_NAME"] or "app", stamped)
+    cgikit.serve(app, meta, errors, log, options, io.BytesIO(body or b"").read)
     return 0
