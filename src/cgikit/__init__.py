@@ -6,12 +6,13 @@ the CGI gateway itself: one request from this process's environment and stdio.
 
 A CGI script pays for every import on every request, and on the machines measured
 each module costs it ~100 us of file-system calls (bench/RESULTS.md). So the CGI path is
-this module plus three, none of them importing ``re``, ``typing``, ``dataclasses`` or
+this module plus two, none of them importing ``re``, ``typing``, ``dataclasses`` or
 ``__future__``:
 
-    cgi_headers    protocol core: check and serialize a CGI header block (pure)
-    wsgi_request   WSGI seam, request side: environ and bounded wsgi.input (no I/O)
-    wsgi_response  WSGI seam, response side: the start_response/iterable driver (no I/O)
+    wsgi_request   WSGI seam, request side: the CGI variables checked and turned into
+                   an environ, and the bounded wsgi.input (no I/O)
+    wsgi_response  WSGI seam, response side: the CGI header block (check, serialize)
+                   and the start_response/iterable driver (no I/O)
 
 and, off that path, ``terminal`` (one request emulated from a terminal's argv) and
 ``cli``. Later gateways (FastCGI, SCGI) are long-running and get modules of their own.
@@ -280,7 +281,7 @@ def make_log(stream: "TextIO", script: str, stamped: bool) -> "Callable[[str], N
 def _nph_serializer(meta: "Mapping[str, str]") -> "Callable[[str, Headers], bytes]":
     import time
 
-    from cgikit.cgi_headers import http_date, serialize_nph
+    from cgikit.wsgi_response import http_date, serialize_nph
 
     protocol = meta.get("SERVER_PROTOCOL", "HTTP/1.0")
 
@@ -308,9 +309,8 @@ def serve(
     read: "Callable[[int], bytes] | None" = None,
 ) -> None:
     """Answer the one request that ``meta`` describes with ``app``; never raises for it."""
-    from cgikit.cgi_headers import serialize_cgi
     from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
-    from cgikit.wsgi_response import FileWrapper, Response
+    from cgikit.wsgi_response import FileWrapper, Response, serialize_cgi
 
     environ: dict[str, object] = {"REQUEST_METHOD": meta.get("REQUEST_METHOD", "GET")}
     serialize = _nph_serializer(meta) if is_nph(meta) else None

@@ -16,7 +16,7 @@ or a record stream for later gateways); b"" from it means the peer is gone.
 No I/O: callers pass the variables, the body source and the error stream in.
 """
 
-from cgikit.cgi_headers import TOKEN_CHARS
+from cgikit.wsgi_response import TOKEN_CHARS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
