@@ -307,13 +307,21 @@ def serve(
     log: "Callable[[str], None]",
     options: "Mapping[str, object]",
     read: "Callable[[int], bytes] | None" = None,
+    out: int = STDOUT,
 ) -> None:
-    """Answer the one request that ``meta`` describes with ``app``; never raises for it."""
+    """Answer the one request that ``meta`` describes with ``app``; never raises for it.
+
+    The body comes from ``read`` (default: stdin), the response goes to fd ``out``.
+    """
     from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
     from cgikit.wsgi_response import FileWrapper, Response, serialize_cgi
 
     environ: dict[str, object] = {"REQUEST_METHOD": meta.get("REQUEST_METHOD", "GET")}
     serialize = _nph_serializer(meta) if is_nph(meta) else None
+
+    def send(data: bytes) -> None:
+        send_all(data, out)
+
     try:
         length = content_length(meta)
         body = BoundedInput(read or (lambda n: os.read(STDIN, n)), length)
@@ -323,15 +331,15 @@ def serve(
             environ["SCRIPT_NAME"] = str(options["script_name"]).rstrip("/")
     except EnvironError as exc:
         log(f"cannot serve this request: {exc.reason}")
-        _answer(Response(environ, send_all, log, serialize=serialize or serialize_cgi), exc.status)
+        _answer(Response(environ, send, log, serialize=serialize or serialize_cgi), exc.status)
         return
     response = Response(
         environ,
-        send_all,
+        send,
         log,
         debug=bool(options["debug"]),
         default_content_type=str(options["default_content_type"]),
-        send_file=send_file,
+        send_file=lambda fd, offset, count: send_file(fd, offset, count, out),
         serialize=serialize or serialize_cgi,
     )
     # A stray print() in the app would corrupt the response on stdout: send it to the
@@ -368,6 +376,27 @@ def open_errors(log_file: object) -> "tuple[TextIO, bool]":
     return sys.stderr, False
 
 
+def claim_stdout() -> int:
+    """Keep the response pipe for the response alone; point fd 1 at stderr instead.
+
+    Returns the descriptor to write the response to. Anything else that writes to
+    stdout then lands in the error log, not in the response: a print() made before
+    cgikit.run (still in sys.stdout's buffer, flushed at exit), a C extension, a
+    subprocess the app starts. And since os.dup's copy is not inheritable (PEP 446),
+    no child the app leaves running keeps the server waiting for the end of the output.
+    """
+    try:
+        out = os.dup(STDOUT)
+    except OSError:
+        return STDOUT  # no stdout at all: writes will fail and be logged
+    try:
+        os.dup2(2, STDOUT)
+    except OSError:  # no stderr to point at: keep the plain descriptor
+        os.close(out)
+        return STDOUT
+    return out
+
+
 def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     """Serve the CGI request this process was started for."""
     # httpoxy: a client's "Proxy:" header must not become this process's proxy either.
@@ -375,8 +404,9 @@ def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     meta = read_meta()
     errors, stamped = open_errors(options["log_file"])
     script = meta.get("SCRIPT_NAME") or sys.argv[0]
+    out = claim_stdout()
     try:
-        serve(app, meta, errors, make_log(errors, script, stamped), options)
+        serve(app, meta, errors, make_log(errors, script, stamped), options, out=out)
     finally:
         if errors is not sys.stderr:
             errors.close()

@@ -10,6 +10,7 @@ import email.utils
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -287,3 +288,50 @@ def test_streaming_reaches_the_server_at_once(tmp_path: Path) -> None:
         proc.wait()
     assert first + rest == b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst\nsecond\n"
     assert proc.returncode == 0 and stderr == b""
+
+
+def test_print_before_run_goes_to_the_log_not_the_response(tmp_path: Path) -> None:
+    # The print sits in sys.stdout's buffer until exit; fd 1 by then is stderr.
+    runner = 'print("module-level debug")\nimport cgikit\ncgikit.run(app)\n'
+    proc = run_cgi(script_for(tmp_path, "hello", runner=runner), env())
+    assert proc.stdout == (
+        b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    assert b"module-level debug" in proc.stderr
+
+
+def test_a_child_left_running_does_not_hold_the_response_open(tmp_path: Path) -> None:
+    # A server reads the response until EOF; a background process that inherited the
+    # response pipe would keep it waiting (the classic "CGI hangs until the job ends").
+    runner = (
+        "import subprocess, cgikit\n"
+        "def spawning(environ, start_response):\n"
+        "    subprocess.Popen(['sleep', '30'])\n"
+        "    return app(environ, start_response)\n"
+        "cgikit.run(spawning)\n"
+    )
+    script = script_for(tmp_path, "hello", runner=runner)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                break
+            data += chunk
+        assert time.monotonic() < deadline, "stdout stayed open while the child ran"
+        assert data.endswith(b"\r\n\r\nhello")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sleep is in the script's group
+        proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
