@@ -25,8 +25,16 @@ from helpers_child import SRC, TIMEOUT, cgi_env, run_cgi, write_script
 
 PKG = SRC / "cgikit"
 ROOT = SRC.parent
-# The pure layers: protocol core, WSGI seam (request and response), the error pages.
-PURE_MODULES = ["wsgi_request.py", "wsgi_response.py", "errorpage.py"]
+# The pure layers: the WSGI seam (request and response), the error pages, and the host
+# side's protocol cores (script output parser, meta-variables, request paths).
+PURE_MODULES = [
+    "wsgi_request.py",
+    "wsgi_response.py",
+    "errorpage.py",
+    "cgi_output.py",
+    "cgi_meta.py",
+    "cgi_paths.py",
+]
 NO_IO = {"socket", "selectors", "threading", "asyncio", "subprocess", "signal", "os", "time"}
 SLOW = {"re", "typing", "dataclasses", "enum", "email", "traceback", "__future__"}
 
