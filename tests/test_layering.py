@@ -34,6 +34,8 @@ PURE_MODULES = [
     "cgi_output.py",
     "cgi_meta.py",
     "cgi_paths.py",
+    "http_request.py",
+    "http_chunked.py",
 ]
 NO_IO = {"socket", "selectors", "threading", "asyncio", "subprocess", "signal", "os", "time"}
 SLOW = {"re", "typing", "dataclasses", "enum", "email", "traceback", "__future__"}
