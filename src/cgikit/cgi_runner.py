@@ -1,0 +1,470 @@
+"""Run one CGI script for one request: the host side's process driver (RFC 3875 §7).
+
+``run_script`` starts the script and returns a ``ScriptRun``. Iterating it runs the
+script and yields what ``cgi_output.ScriptOutput`` makes of its stdout: one ``Head``,
+``Body`` chunks as the script writes them, then ``EndOfOutput`` once the script has
+exited and been reaped. A WSGI app turns it into a response like this::
+
+    run = run_script(argv, env, cwd, body, timeout=30, idle_timeout=10, ...)
+    events = iter(run)
+    try:
+        head = next(events)  # Head
+    except ScriptOutputError:  # logged, group killed and reaped: answer 502
+    except ScriptTimeout:  # run.timed_out_before_head: answer 504
+    start_response(f"{head.status} {head.reason}", head.headers)
+    return an iterable of ev.data for the Body events left, whose close() calls run.close()
+
+Iteration raises ``ScriptOutputError`` (malformed output) and ``ScriptTimeout`` (a
+timeout before the head). A timeout after the head just ends the iteration without
+``EndOfOutput``: ``run.body_cut`` is then true. ``close()`` (also ``with``, and the
+caller giving up on the iteration, e.g. the client went away: research R17) kills what
+is left of the script. Whatever ends a run, the whole process group is gone, the
+script is reaped and every pipe is closed afterwards.
+
+One thread, no helper threads: ``selectors`` pumps the three pipes at once, so a
+script that writes a lot to stdout and stderr before it reads its input cannot deadlock
+(R18; fcgiwrap does, issue 3 item 2). The request body is pulled from ``body(n)`` only
+when the script's stdin can take more; ``body`` may block (a slow client), so its
+reader needs its own socket timeout. ``timeout`` bounds the whole run, the time the
+caller spends between two events included; ``idle_timeout`` bounds the silence on
+stdout while the runner waits for it.
+
+Spawning: ``subprocess.Popen``, which on Linux uses vfork (no ``preexec_fn``) and does
+``cwd``, ``setsid`` (``start_new_session``) and ``close_fds`` in C; ``os.posix_spawn``
+has no ``cwd`` in Python 3.11, so it would need a ``chdir`` wrapper.
+
+The script's process group is killed when the run ends: a background process a script
+leaves behind dies with it. A script that means to leave a daemon must ``setsid`` it.
+Killed grandchildren are reaped by init, or by the server when it is a child subreaper
+(``prctl(PR_SET_CHILD_SUBREAPER)``; needed where PID 1 reaps nothing, as in containers
+without an init): the runner reaps every member of the group that is its child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from types import TracebackType
+from typing import IO, Final, TypeAlias
+
+from cgikit.cgi_output import Body, EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
+
+Event: TypeAlias = Head | Body | EndOfOutput
+
+READ_SIZE: Final = 65536  # bytes per read from stdout/stderr and per body() call
+MAX_LOG_LINE: Final = 8192  # a longer stderr line is logged cut
+POLL_INTERVAL: Final = 0.05  # exit polling when there is no pidfd (not Linux)
+KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
+EXIT_WAIT: Final = 0.05  # how long a script whose stdout is at EOF may take to exit
+# Controls in a stderr line are escaped: a script must not forge log lines (CR, ESC).
+_ESCAPES: Final = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+__all__ = ["ScriptRun", "ScriptTimeout", "run_script"]
+
+
+class ScriptTimeout(Exception):
+    """The script was killed for a timeout before its head: the caller answers 504."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def run_script(
+    argv: Sequence[bytes | str],
+    env: dict[bytes, bytes],
+    cwd: str,
+    body: Callable[[int], bytes],
+    *,
+    timeout: float,
+    idle_timeout: float,
+    log: Callable[[str], None],
+    script_name: str,
+    max_header_bytes: int = 65536,
+    kill_grace: float = 2.0,
+    max_drain: int = 1 << 20,
+) -> ScriptRun:
+    """Start the script; the returned ``ScriptRun`` runs it as it is iterated.
+
+    ``env`` is the whole environment (``cgi_meta.to_environb``): nothing of the
+    server's own is inherited (research §3 row 11). ``cwd`` is the script's directory.
+    ``body(n)`` returns up to ``n`` bytes of the request body, ``b""`` at its end. When
+    the script stops reading early, at most ``max_drain`` more bytes are pulled from
+    ``body`` and dropped (so the connection can be kept) and its end is not waited for.
+    ``kill_grace`` is the time between SIGTERM and SIGKILL.
+
+    Raises:
+        ValueError: a timeout is not positive.
+        OSError: the script cannot be started (not found, not executable); logged.
+    """
+    if not (timeout > 0 and idle_timeout > 0 and kill_grace >= 0 and max_drain >= 0):
+        raise ValueError("timeouts must be positive, kill_grace and max_drain not negative")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,  # bytes, exactly these: no inheritance
+            close_fds=True,
+            start_new_session=True,  # its own process group (research §3 row 10)
+        )
+    except OSError as exc:
+        log(f"{script_name}: cannot start: {exc}")
+        raise
+    limits = (timeout, idle_timeout, kill_grace, max_drain, max_header_bytes)
+    return ScriptRun(proc, body, log, script_name, limits)
+
+
+class ScriptRun:
+    """One running script; see the module docstring.
+
+    Attributes, for the caller and its log: ``pid`` (also the process group id),
+    ``head`` (the Head once read), ``returncode`` (once reaped; negative for a signal),
+    ``timed_out``, ``killed`` (why the runner killed the script, or None) and
+    ``complete`` (``EndOfOutput`` was reached: the response is whole).
+    """
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        body: Callable[[int], bytes],
+        log: Callable[[str], None],
+        script_name: str,
+        limits: tuple[float, float, float, int, int],
+    ) -> None:
+        self._timeout, self._idle, self._grace, drain, max_header_bytes = limits
+        self._max_drain = int(drain)
+        self._proc, self._body, self._log, self._name = proc, body, log, script_name
+        self.pid = proc.pid
+        self.head: Head | None = None
+        self.returncode: int | None = None
+        self.timed_out = False
+        self.killed: str | None = None
+        self.complete = False
+        self._ended = False
+        self._body_done = False
+        self._pending = memoryview(b"")
+        self._err_line = bytearray()
+        self._err_skip = False  # dropping the rest of an overlong stderr line
+        now = time.monotonic()
+        self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
+        self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
+        self._parser = ScriptOutput(int(max_header_bytes))
+        self._sel = selectors.DefaultSelector()
+        self._pidfd: int | None = None
+        try:
+            self._register()
+        except BaseException:
+            self._end("the runner could not start")
+            raise
+        self._events = self._run()
+
+    def _register(self) -> None:
+        for stream, handler, mask in (
+            (self._stdin, self._on_stdin, selectors.EVENT_WRITE),
+            (self._stdout, self._on_stdout, selectors.EVENT_READ),
+            (self._stderr, self._on_stderr, selectors.EVENT_READ),
+        ):
+            if stream is None:
+                raise RuntimeError("Popen gave no pipe")
+            os.set_blocking(stream.fileno(), False)
+            self._sel.register(stream, mask, handler)
+        # A pidfd wakes the loop when the script exits; without one, poll.
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(self.pid)
+            self._sel.register(self._pidfd, selectors.EVENT_READ, self._on_exit)
+
+    # -- the caller's side ------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events, resumable: a second ``iter()`` continues the same stream."""
+        return self._events
+
+    def close(self) -> None:
+        """End the run now: kill the process group if it is still there, reap, close."""
+        self._events.close()
+        self._end("output abandoned by the caller")
+
+    def __enter__(self) -> ScriptRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def timed_out_before_head(self) -> bool:
+        """Killed for a timeout before a Head: the caller answers 504."""
+        return self.timed_out and self.head is None
+
+    @property
+    def body_cut(self) -> bool:
+        """A Head was given but the output did not end normally: the body is cut."""
+        return self.head is not None and not self.complete
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> Generator[Event, None, None]:
+        try:
+            while True:
+                event = self._next_event()
+                if event is None:  # a timeout ended the run
+                    if self.head is None:
+                        raise ScriptTimeout(self.killed or "timeout")
+                    return
+                if isinstance(event, EndOfOutput):
+                    while self.returncode is None and not self._ended:
+                        self._pump()  # stdout is closed: wait for the exit, drain stderr
+                    self.complete = True
+                    self._end("still running after its output ended")
+                    yield event
+                    return
+                if isinstance(event, Head):
+                    self.head = event
+                yield event
+                # The caller's time is not the script's silence.
+                self._idle_deadline = time.monotonic() + self._idle
+        except ScriptOutputError as exc:
+            self._log(f"{self._name}: malformed CGI output: {exc.reason}")
+            self._end("malformed output")
+            raise
+        finally:
+            self._end("output abandoned by the caller")
+
+    def _next_event(self) -> Head | Body | EndOfOutput | None:
+        while True:
+            if self._ended:
+                return None
+            event = self._parser.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            self._pump()
+
+    def _pump(self) -> None:
+        """One select over stdin, stdout, stderr and the pidfd; then the deadlines."""
+        deadline = self._deadline
+        if self._stdout is not None:
+            deadline = min(deadline, self._idle_deadline)
+        wait = max(0.0, deadline - time.monotonic())
+        if self._pidfd is None:
+            wait = min(wait, POLL_INTERVAL)
+        for key, _mask in self._sel.select(wait):
+            key.data()
+        if self.returncode is None and self._pidfd is None and self._proc.poll() is not None:
+            self._on_exit()
+        now = time.monotonic()
+        if now >= self._deadline:
+            self._expire(f"still running after {self._timeout:g} s (timeout)")
+        elif self._stdout is not None and now >= self._idle_deadline:
+            self._expire(f"no output for {self._idle:g} s (idle timeout)")
+
+    def _on_stdin(self) -> None:
+        if self._stdin is None:
+            return
+        if not self._pending:
+            chunk = self._body(READ_SIZE)
+            if not chunk:
+                self._body_done = True
+                self._close(self._stdin)  # EOF for the script
+                self._stdin = None
+                return
+            self._pending = memoryview(chunk)
+        try:
+            written = os.write(self._stdin.fileno(), self._pending)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:  # the script closed stdin or exited: not an error
+            self._abandon_stdin()
+            return
+        self._pending = self._pending[written:]
+
+    def _abandon_stdin(self) -> None:
+        """Stop feeding the script; drop at most max_drain bytes of the rest of the body.
+
+        Only ever writing when stdin is writable, and giving up here, is what keeps a
+        script that does not read its input from hanging the server (CVE-2014-0231).
+        """
+        self._close(self._stdin)
+        self._stdin, self._pending = None, memoryview(b"")
+        left = self._max_drain
+        while not self._body_done and left > 0:
+            chunk = self._body(min(READ_SIZE, left))
+            self._body_done = not chunk
+            left -= len(chunk)
+
+    def _on_stdout(self) -> None:
+        if self._stdout is None:
+            return
+        try:
+            data = os.read(self._stdout.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        self._idle_deadline = time.monotonic() + self._idle
+        if not data:
+            self._close(self._stdout)
+            self._stdout = None
+        self._parser.receive_data(data)
+
+    def _on_stderr(self) -> None:
+        if self._stderr is None:
+            return
+        try:
+            data = os.read(self._stderr.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self._log_stderr(data)
+        else:
+            self._close(self._stderr)
+            self._stderr = None
+            self._flush_stderr()
+
+    def _on_exit(self) -> None:
+        """The script exited: reap it, end what it left in its group, stop its input."""
+        self.returncode = self._proc.wait()
+        if self._pidfd is not None:
+            self._sel.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._group_alive():  # a grandchild would hold the pipes open
+            self._log(f"{self._name}: exited, leaving processes in its group; killing them")
+            self._kill_group()
+        if self._stdin is not None:
+            self._abandon_stdin()
+
+    # -- stderr to the log ----------------------------------------------------------
+
+    def _log_stderr(self, data: bytes) -> None:
+        """Log each complete line as ``name: line``; cut lines over MAX_LOG_LINE."""
+        buf = self._err_line
+        buf += data
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            if not self._err_skip:
+                self._log_line(buf[start:end])
+            self._err_skip = False
+            start = end + 1
+        del buf[:start]
+        if len(buf) > MAX_LOG_LINE:
+            if not self._err_skip:
+                self._log_line(buf)
+            self._err_skip = True
+            buf.clear()
+
+    def _flush_stderr(self) -> None:
+        if self._err_line and not self._err_skip:
+            self._log_line(self._err_line)
+        self._err_line.clear()
+
+    def _log_line(self, line: bytes | bytearray) -> None:
+        cut = len(line) > MAX_LOG_LINE
+        text = bytes(line[:MAX_LOG_LINE]).removesuffix(b"\r").decode("utf-8", "backslashreplace")
+        self._log(f"{self._name}: {text.translate(_ESCAPES)}{' [cut]' if cut else ''}")
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _expire(self, why: str) -> None:
+        self.timed_out = True
+        self._end(why)
+
+    def _end(self, why: str) -> None:
+        """Kill the group if anything of it is left, reap, log the status, close every fd."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.returncode is None and self._stdout is None:  # at EOF: likely exiting now
+            self._wait_gone(time.monotonic() + EXIT_WAIT)
+        if self.returncode is None or self._group_alive():
+            self.killed = why
+            self._log(f"{self._name}: {why}; killing its process group")
+            self._kill_group()
+        self._drain_stderr()
+        for stream in (self._stdin, self._stdout, self._stderr):
+            self._close(stream)
+        self._stdin = self._stdout = self._stderr = None
+        self._sel.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        code = self.returncode
+        if code is None:
+            self._log(f"{self._name}: pid {self.pid} did not die after SIGKILL")
+        elif code > 0:  # after a valid response too: logged, the response stands
+            self._log(f"{self._name}: exited with status {code}")
+        elif code < 0 and self.killed is None:
+            self._log(f"{self._name}: killed by signal {-code}")
+
+    def _kill_group(self) -> None:
+        """SIGTERM the whole group, wait ``kill_grace`` for it to go, then SIGKILL it.
+
+        The group, not one pid: Apache and Go kill the direct child only, and
+        fcgiwrap's ``kill(SIGTERM, pid)`` has its arguments swapped (PR #44), so a
+        grandchild holding the pipes lived on (research §3 rows 9 and 10, R17).
+        """
+        self._signal(signal.SIGTERM)
+        if self._wait_gone(time.monotonic() + self._grace):
+            return
+        self._log(f"{self._name}: still there {self._grace:g} s after SIGTERM; sending SIGKILL")
+        self._signal(signal.SIGKILL)
+        self._wait_gone(time.monotonic() + KILL_WAIT)
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def _wait_gone(self, deadline: float) -> bool:
+        """Reap the script, then wait until its group is empty; False at the deadline."""
+        while True:
+            if self.returncode is None:
+                self.returncode = self._proc.poll()
+            if self.returncode is not None and not self._group_alive():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def _group_alive(self) -> bool:
+        """Whether the group has members; reaps those that are our children first.
+
+        Only after the script itself is reaped: its pid, the group id, cannot be reused
+        while the group has members (POSIX), so the probe cannot hit a stranger.
+        """
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-self.pid, os.WNOHANG)[0]:
+                pass
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a member that changed its user is still a member
+            return True
+        return True
+
+    def _drain_stderr(self) -> None:
+        """Log what the dead group left in the stderr pipe, and a partial last line."""
+        for _ in range(64):  # bounded: a process that escaped the group may still write
+            if self._stderr is None:
+                break
+            try:
+                data = os.read(self._stderr.fileno(), READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self._log_stderr(data)
+        self._flush_stderr()
+
+    def _close(self, stream: IO[bytes] | None) -> None:
+        if stream is not None:
+            with contextlib.suppress(KeyError):
+                self._sel.unregister(stream)
+            stream.close()
