@@ -271,10 +271,8 @@ class RequestParser:
         if request.chunked:
             self._state = _CHUNKED
             self._chunked = ChunkedBody(self._buffer, self.max_header_bytes, self.max_body_bytes)
-        elif request.content_length:
-            self._state, self._remaining = _LENGTH, request.content_length
-        else:  # RFC 9112 §6.3 rule 6 (or Content-Length: 0): no body
-            self._finish([])
+        else:  # no Content-Length: no body (RFC 9112 §6.3 rule 6); EOM comes next
+            self._state, self._remaining = _LENGTH, request.content_length or 0
         return request
 
     def _finish(self, trailers: list[tuple[bytes, bytes]]) -> EndOfMessage:

@@ -36,7 +36,7 @@ def run(chunks: Iterable[bytes], **limits: int | None) -> list[object]:
     parser = RequestParser(**limits)  # type: ignore[arg-type]
     events: list[object] = []
     try:
-        for chunk in chunks:
+        for chunk in filter(None, chunks):  # b"" would be EOF
             parser.receive_data(chunk)
             _drain(parser, events)
         parser.receive_data(b"")
