@@ -104,6 +104,8 @@ def run_script(
     """
     if not (timeout > 0 and idle_timeout > 0 and kill_grace >= 0 and max_drain >= 0):
         raise ValueError("timeouts must be positive, kill_grace and max_drain not negative")
+    parser = ScriptOutput(max_header_bytes)  # checks max_header_bytes before any spawn
+    sel = selectors.DefaultSelector()
     try:
         proc = subprocess.Popen(
             argv,
@@ -117,14 +119,15 @@ def run_script(
             start_new_session=True,  # its own process group (research §3 row 10)
         )
     except OSError as exc:
+        sel.close()
         log(f"{script_name}: cannot start: {exc}")
         raise
-    limits = (timeout, idle_timeout, kill_grace, max_drain, max_header_bytes)
-    return ScriptRun(proc, body, log, script_name, limits)
+    limits = (timeout, idle_timeout, kill_grace, max_drain)
+    return ScriptRun(proc, sel, parser, body, log, script_name, limits)
 
 
 class ScriptRun:
-    """One running script; see the module docstring.
+    """One running script, made by ``run_script``; see the module docstring.
 
     Attributes, for the caller and its log: ``pid`` (also the process group id),
     ``head`` (the Head once read), ``returncode`` (once reaped; negative for a signal),
@@ -135,14 +138,15 @@ class ScriptRun:
     def __init__(
         self,
         proc: subprocess.Popen[bytes],
+        sel: selectors.BaseSelector,
+        parser: ScriptOutput,
         body: Callable[[int], bytes],
         log: Callable[[str], None],
         script_name: str,
-        limits: tuple[float, float, float, int, int],
+        limits: tuple[float, float, float, int],
     ) -> None:
-        self._timeout, self._idle, self._grace, drain, max_header_bytes = limits
-        self._max_drain = int(drain)
-        self._proc, self._body, self._log, self._name = proc, body, log, script_name
+        self._proc, self._sel, self._parser = proc, sel, parser
+        self._body, self._log, self._name = body, log, script_name
         self.pid = proc.pid
         self.head: Head | None = None
         self.returncode: int | None = None
@@ -154,11 +158,10 @@ class ScriptRun:
         self._pending = memoryview(b"")
         self._err_line = bytearray()
         self._err_skip = False  # dropping the rest of an overlong stderr line
+        self._timeout, self._idle, self._grace, self._max_drain = limits
         now = time.monotonic()
         self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
         self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
-        self._parser = ScriptOutput(int(max_header_bytes))
-        self._sel = selectors.DefaultSelector()
         self._pidfd: int | None = None
         try:
             self._register()
@@ -301,12 +304,18 @@ class ScriptRun:
             self._body_done = not chunk
             left -= len(chunk)
 
+    @staticmethod
+    def _read(stream: IO[bytes] | None) -> bytes | None:
+        """What the pipe holds, ``b""`` at EOF, None when closed here or nothing yet."""
+        if stream is None:
+            return None
+        with contextlib.suppress(BlockingIOError):
+            return os.read(stream.fileno(), READ_SIZE)
+        return None
+
     def _on_stdout(self) -> None:
-        if self._stdout is None:
-            return
-        try:
-            data = os.read(self._stdout.fileno(), READ_SIZE)
-        except BlockingIOError:
+        data = self._read(self._stdout)
+        if data is None:
             return
         self._idle_deadline = time.monotonic() + self._idle
         if not data:
@@ -315,11 +324,8 @@ class ScriptRun:
         self._parser.receive_data(data)
 
     def _on_stderr(self) -> None:
-        if self._stderr is None:
-            return
-        try:
-            data = os.read(self._stderr.fileno(), READ_SIZE)
-        except BlockingIOError:
+        data = self._read(self._stderr)
+        if data is None:
             return
         if data:
             self._log_stderr(data)
@@ -331,10 +337,7 @@ class ScriptRun:
     def _on_exit(self) -> None:
         """The script exited: reap it, end what it left in its group, stop its input."""
         self.returncode = self._proc.wait()
-        if self._pidfd is not None:
-            self._sel.unregister(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._close_pidfd()
         if self._group_alive():  # a grandchild would hold the pipes open
             self._log(f"{self._name}: exited, leaving processes in its group; killing them")
             self._kill_group()
@@ -391,10 +394,8 @@ class ScriptRun:
         for stream in (self._stdin, self._stdout, self._stderr):
             self._close(stream)
         self._stdin = self._stdout = self._stderr = None
+        self._close_pidfd()
         self._sel.close()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
         code = self.returncode
         if code is None:
             self._log(f"{self._name}: pid {self.pid} did not die after SIGKILL")
@@ -442,26 +443,27 @@ class ScriptRun:
             while os.waitpid(-self.pid, os.WNOHANG)[0]:
                 pass
         try:
-            os.killpg(self.pid, 0)
+            with contextlib.suppress(PermissionError):  # a member that changed its user
+                os.killpg(self.pid, 0)
         except ProcessLookupError:
             return False
-        except PermissionError:  # a member that changed its user is still a member
-            return True
         return True
 
     def _drain_stderr(self) -> None:
         """Log what the dead group left in the stderr pipe, and a partial last line."""
         for _ in range(64):  # bounded: a process that escaped the group may still write
-            if self._stderr is None:
-                break
-            try:
-                data = os.read(self._stderr.fileno(), READ_SIZE)
-            except BlockingIOError:
-                break
+            data = self._read(self._stderr)
             if not data:
                 break
             self._log_stderr(data)
         self._flush_stderr()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(KeyError):
+                self._sel.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def _close(self, stream: IO[bytes] | None) -> None:
         if stream is not None:

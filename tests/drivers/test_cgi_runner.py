@@ -457,12 +457,40 @@ def test_cannot_start_a_file_that_is_not_executable(tmp_path: Path) -> None:
     assert len(logs) == 1 and logs[0].startswith("noexec.cgi: cannot start: ")
 
 
-def test_timeouts_must_be_positive(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "bad", [{"timeout": 0}, {"idle_timeout": -1}, {"kill_grace": -1}, {"max_header_bytes": 0}]
+)
+def test_bad_limits_are_refused_before_any_spawn(tmp_path: Path, bad: dict[str, Any]) -> None:
+    marker = tmp_path / "ran"
+    options: dict[str, Any] = {"timeout": 1, "idle_timeout": 1, **bad}
     with pytest.raises(ValueError):
         run_script(
-            ["/bin/true"], {}, str(tmp_path), Feeder(), timeout=0, idle_timeout=1,
-            log=print, script_name="x",
+            ["/bin/touch", str(marker)], {}, str(tmp_path), Feeder(), log=print,
+            script_name="x", **options,
         )  # fmt: skip
+    assert not marker.exists()
+
+
+def test_an_error_in_the_body_reader_kills_the_script(tmp_path: Path) -> None:
+    """The client went away while sending its body: the script must not live on."""
+
+    class Broken(Feeder):
+        def __call__(self, size: int) -> bytes:
+            if self.taken >= 200_000:
+                raise ConnectionResetError("client gone")
+            return super().__call__(size)
+
+    path = write_script(tmp_path, "echo.cgi", ECHOERS["sh"][1])
+    logs: list[str] = []
+    run = run_script(
+        [str(path)], base_env(), str(path.parent), Broken(b"x" * MIB), timeout=5,
+        idle_timeout=5, kill_grace=0.5, log=logs.append, script_name="echo.cgi",
+    )  # fmt: skip
+    with pytest.raises(ConnectionResetError):
+        list(run)
+    assert logs == ["echo.cgi: output abandoned by the caller; killing its process group"]
+    assert run.body_cut
+    assert_group_gone(run)
 
 
 # -- the caller gives up (client gone, R17) -------------------------------------------
