@@ -51,6 +51,17 @@ def show(data: bytes) -> str:
     return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
 
 
+def take(buffer: bytearray, count: int) -> bytes:
+    """Remove and return up to ``count`` bytes from the front of ``buffer`` (one copy)."""
+    if count >= len(buffer):
+        data = bytes(buffer)
+        buffer.clear()
+        return data
+    data = bytes(buffer[:count])
+    del buffer[:count]
+    return data
+
+
 class LineReader:
     """Lines from the front of a shared buffer, consumed as they are returned.
 
@@ -215,8 +226,7 @@ class ChunkedBody:
         buffer = self._buffer
         if not buffer:
             return None
-        data = bytes(buffer[: self._remaining])
-        del buffer[: len(data)]
+        data = take(buffer, self._remaining)
         self._remaining -= len(data)
         if not self._remaining:
             self._state = _CRLF

@@ -60,6 +60,7 @@ from cgikit.http_chunked import (
     LineReader,
     parse_field_line,
     show,
+    take,
 )
 from cgikit.wsgi_response import TOKEN_CHARS
 
@@ -285,8 +286,7 @@ class RequestParser:
         buffer = self._buffer
         if not buffer:
             return NEED_DATA
-        data = bytes(buffer[: self._remaining])
-        del buffer[: len(data)]
+        data = take(buffer, self._remaining)
         self._remaining -= len(data)
         return Data(data)
 
