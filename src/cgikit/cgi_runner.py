@@ -3,7 +3,8 @@
 ``run_script`` starts the script and returns a ``ScriptRun``. Iterating it runs the
 script and yields what ``cgi_output.ScriptOutput`` makes of its stdout: one ``Head``,
 ``Body`` chunks as the script writes them, then ``EndOfOutput`` once the script has
-exited and been reaped. A WSGI app turns it into a response like this::
+closed its stdout and been reaped (if it is still running ``kill_grace`` later, it is
+killed first). A WSGI app turns it into a response like this::
 
     run = run_script(argv, env, cwd, body, timeout=30, idle_timeout=10, ...)
     events = iter(run)
@@ -225,8 +226,7 @@ class ScriptRun:
                         raise ScriptTimeout(self.killed or "timeout")
                     return
                 if isinstance(event, EndOfOutput):
-                    while self.returncode is None and not self._ended:
-                        self._pump()  # stdout is closed: wait for the exit, drain stderr
+                    self._linger()
                     self.complete = True
                     self._end("still running after its output ended")
                     yield event
@@ -243,6 +243,16 @@ class ScriptRun:
         finally:
             self._end("output abandoned by the caller")
 
+    def _linger(self) -> None:
+        """Stdout is closed: wait ``kill_grace`` at most for the exit, pumping stderr.
+
+        A script still running then is killed by ``_end``, as Apache's cleanup does
+        (SIGTERM, 3 s, SIGKILL): the response is whole and must not wait for it.
+        """
+        until = min(self._deadline, time.monotonic() + self._grace)
+        while self.returncode is None and not self._ended and time.monotonic() < until:
+            self._pump(until)
+
     def _next_event(self) -> Head | Body | EndOfOutput | None:
         while True:
             if self._ended:
@@ -252,9 +262,9 @@ class ScriptRun:
                 return event
             self._pump()
 
-    def _pump(self) -> None:
+    def _pump(self, until: float = float("inf")) -> None:
         """One select over stdin, stdout, stderr and the pidfd; then the deadlines."""
-        deadline = self._deadline
+        deadline = min(self._deadline, until)
         if self._stdout is not None:
             deadline = min(deadline, self._idle_deadline)
         wait = max(0.0, deadline - time.monotonic())

@@ -395,6 +395,19 @@ def test_a_grandchild_is_killed_without_pidfd_too(
     assert started.body(complete(started)) == b"done"
 
 
+def test_a_script_still_running_after_closing_stdout_is_ended(tmp_path: Path) -> None:
+    path = write_script(tmp_path, "linger.cgi", f"{HEAD_SH}\nprintf ok\nexec >&-\nsleep 1000\n")
+    began = time.monotonic()
+    started = start(path, timeout=30, idle_timeout=30, kill_grace=0.5)
+    assert started.body(complete(started)) == b"ok"
+    assert time.monotonic() - began < 3  # not the 30 s timeout
+    assert started.run.killed == "still running after its output ended"
+    assert not started.run.timed_out
+    assert started.logs == [
+        "linger.cgi: still running after its output ended; killing its process group"
+    ]
+
+
 def test_crash_without_output_is_a_502(tmp_path: Path) -> None:
     path = write_script(tmp_path, "crash.cgi", "exit 1\n")
     started = start(path)
