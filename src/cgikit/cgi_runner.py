@@ -20,7 +20,8 @@ timeout before the head). A timeout after the head just ends the iteration witho
 ``EndOfOutput``: ``run.body_cut`` is then true. ``close()`` (also ``with``, and the
 caller giving up on the iteration, e.g. the client went away: research R17) kills what
 is left of the script. Whatever ends a run, the whole process group is gone, the
-script is reaped and every pipe is closed afterwards.
+script is reaped and every pipe is closed afterwards. A caller that may stop before
+the end must call ``close()`` (or use ``with``); a ScriptRun belongs to one thread.
 
 One thread, no helper threads: ``selectors`` pumps the three pipes at once, so a
 script that writes a lot to stdout and stderr before it reads its input cannot deadlock
@@ -263,7 +264,11 @@ class ScriptRun:
             self._pump()
 
     def _pump(self, until: float = float("inf")) -> None:
-        """One select over stdin, stdout, stderr and the pidfd; then the deadlines."""
+        """One select over stdin, stdout, stderr and the pidfd; then the deadlines.
+
+        The three pipes together, never one blocking read or write: a script blocked
+        writing stderr while fcgiwrap blocked writing its stdin hung both (R18).
+        """
         deadline = min(self._deadline, until)
         if self._stdout is not None:
             deadline = min(deadline, self._idle_deadline)
