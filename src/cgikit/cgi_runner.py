@@ -267,7 +267,8 @@ class ScriptRun:
         """One select over stdin, stdout, stderr and the pidfd; then the deadlines.
 
         The three pipes together, never one blocking read or write: a script blocked
-        writing stderr while fcgiwrap blocked writing its stdin hung both (R18).
+        writing its output while fcgiwrap blocked writing its stdin hung both (issue 3
+        item 2, R18).
         """
         deadline = min(self._deadline, until)
         if self._stdout is not None:
