@@ -55,13 +55,14 @@ if TYPE_CHECKING:
 
 
 class Option:
-    """One setting: keyword ``name``, ``env`` variable, ``kind`` (bool or str), ``default``."""
+    """One setting: keyword ``name``, ``env`` variable, ``kind``, ``default``.
+
+    ``kind`` is bool, str, int, float or list (a list's variable is comma-separated).
+    """
 
     __slots__ = ("default", "env", "help", "kind", "name")
 
-    def __init__(
-        self, name: str, env: str, kind: type, default: bool | str | None, help: str
-    ) -> None:
+    def __init__(self, name: str, env: str, kind: type, default: object, help: str) -> None:
         self.name = name
         self.env = env
         self.kind = kind
@@ -73,10 +74,18 @@ class Option:
         """The command-line flag, ``--log-file`` for ``log_file``."""
         return "--" + self.name.replace("_", "-")
 
-    def parse(self, text: str) -> bool | str:
-        """The value of the environment variable's text."""
+    def parse(self, text: str) -> object:
+        """The value of the environment variable's text.
+
+        Raises:
+            ValueError: not a number, for an int or float option.
+        """
         if self.kind is bool:
             return text.strip().lower() in ("1", "true", "yes", "on")
+        if self.kind is list:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        if self.kind is int or self.kind is float:
+            return self.kind(text.strip())
         return text
 
 

@@ -1,0 +1,389 @@
+"""``CGIHost``: a WSGI application that runs the CGI scripts of a directory.
+
+The role of Go's ``cgi.Handler`` and of Apache's ``ScriptAlias``: mount it in any WSGI
+server or framework and the scripts under ``directory`` (sh, Perl, Python, C, anything
+executable) answer the requests below the mount point (the environ's SCRIPT_NAME).
+It composes the host side's parts: ``cgi_paths`` (which paths may reach the disk),
+``host_parts.find_script`` (the walk to the script), ``cgi_meta`` (RFC 3875 §4.1
+variables), ``cgi_runner`` (the process) and ``cgi_output`` (the script's response).
+
+Decisions (research: shared/research/cgi-anchors.md):
+
+- The path comes from ``REQUEST_URI`` when the environ has it (cgikit's own server
+  passes the raw request-target), else from SCRIPT_NAME + PATH_INFO re-quoted. A WSGI
+  server has already decoded PATH_INFO, so an encoded slash (``/a%2Fb``) cannot be told
+  from ``/a/b`` then (P10, CVE-2014-4650): only a raw REQUEST_URI lets cgikit refuse it.
+- Request headers are rebuilt from the environ's HTTP_* keys (``HTTP_X_FOO`` is sent as
+  ``X-FOO``). A WSGI server that maps ``X_Foo`` to HTTP_X_FOO has made the collision
+  before the host sees it (P16); cgikit's own server drops such headers.
+- REMOTE_USER/AUTH_TYPE are taken from the environ: in WSGI only the server or an
+  authentication middleware sets them, never the client (P17).
+- A request body with CONTENT_LENGTH is streamed; one without (chunked, or
+  ``wsgi.input_terminated``) is spooled and CONTENT_LENGTH set, as lighttpd (G9).
+  Over ``max_body``: 413 (a declared length is refused before any byte is read).
+- Errors get a short generic text body; the reason goes to ``wsgi.errors`` with the
+  script's name: malformed output 502, a timeout before the head 504 (RFC 9110
+  §15.6.3, §15.6.5), a script that cannot be started 500.
+- A timeout after the head cuts the body: logged, and the iterable raises ``BodyCut``
+  so that the server aborts the connection instead of framing a complete response.
+- A local redirect (RFC 3875 §6.2.2) is followed inside the host as a GET without a
+  body, at most ``MAX_REDIRECTS`` times in a row (lighttpd's limit; then 500). Its
+  target must be below the mount point; one elsewhere on the server is answered as a
+  client redirect (302), which the WSGI server's other routes can serve.
+- A client redirect without Content-Type (§6.2.3) gets ``text/plain`` and no body: the
+  RFC gives it none and PEP 3333 servers expect a Content-Type on a 302. A document
+  without Content-Type is passed on without one (§6.3.1).
+- HEAD: the script runs with REQUEST_METHOD=HEAD to its end; its body is dropped (R16).
+- NPH (``nph-`` names, §5): a WSGI app cannot bypass its server, so the script's
+  ``HTTP/1.x NNN reason`` line and fields become a normal response; its Date and
+  Server go, the WSGI server sends its own (``host_parts.NphOutput``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import IO, Any
+from urllib.parse import quote
+
+from cgikit._typing import StartResponse
+from cgikit.cgi_meta import UnsafeHeader, build_meta, to_environb
+from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
+from cgikit.cgi_paths import UnsafePath, normalize_target, split_script, split_target
+from cgikit.cgi_runner import ScriptRun, ScriptTimeout, run_script
+from cgikit.host_options import HOST_OPTIONS, HostSettings, host_settings
+from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_script
+
+__all__ = ["HOST_OPTIONS", "MAX_REDIRECTS", "BodyCut", "CGIHost"]
+
+MAX_REDIRECTS = 5
+_PATH_SAFE = "/!$&'()*+,;=:@~"  # RFC 3986 pchar sub-delims kept raw when re-quoting
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
+Log = Callable[[str], None]
+
+
+class BodyCut(Exception):
+    """The script's output ended abnormally after its head: the response is incomplete."""
+
+
+class _Refused(Exception):
+    """The request gets an error response with ``status``; ``reason`` is logged."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _Request:
+    """What the host takes from the environ; ``redirect`` makes the internal GET."""
+
+    def __init__(self, environ: dict[str, Any], settings: HostSettings) -> None:
+        self.environ = environ
+        self.method: str = environ["REQUEST_METHOD"]
+        target = _raw_target(environ)
+        self.path, query = split_target(target)
+        self.query = query.decode("latin-1")
+        self.uri = target.decode("latin-1")
+        mount = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_PATH_SAFE)
+        self.mount = [s for s in normalize_target(mount.encode("latin-1")) if s] if mount else []
+        self.headers = _header_list(environ)
+        self.body = _request_body(environ, settings.max_body)
+
+    def redirect(self, location: str) -> None:
+        """Turn this request into the GET of a local redirect (RFC 3875 §6.2.2)."""
+        self.body.close()
+        self.method, self.body = "GET", RequestBody(None, 0)
+        self.path, query = split_target(location.encode("latin-1"))
+        self.query, self.uri = query.decode("latin-1"), location
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]
+
+    def below_mount(self) -> list[str] | None:
+        """The normalised segments below the mount point, None if outside it."""
+        segments = normalize_target(self.path)
+        if segments[: len(self.mount)] != self.mount:
+            return None
+        return segments[len(self.mount) :]
+
+
+def _raw_target(environ: dict[str, Any]) -> bytes:
+    """The request-target: REQUEST_URI, or SCRIPT_NAME + PATH_INFO re-quoted (docstring)."""
+    uri = environ.get("REQUEST_URI")
+    if uri:
+        return str(uri).encode("latin-1")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    quoted = quote(path.encode("latin-1"), safe=_PATH_SAFE) or "/"
+    query = environ.get("QUERY_STRING", "")
+    return (quoted + ("?" + query if query else "")).encode("latin-1")
+
+
+def _header_list(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The request's header fields, rebuilt from the HTTP_* keys and CONTENT_TYPE."""
+    headers = [
+        (key[5:].replace("_", "-").encode("latin-1"), value.encode("latin-1"))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+        and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")  # PEP 3333
+        and isinstance(value, str)
+    ]
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type:
+        headers.append((b"Content-Type", content_type.encode("latin-1")))
+    return headers
+
+
+def _request_body(environ: dict[str, Any], max_body: int) -> RequestBody:
+    """Streamed with a CONTENT_LENGTH, else spooled when there is one (docstring)."""
+    stream: IO[bytes] = environ["wsgi.input"]
+    text = environ.get("CONTENT_LENGTH", "").strip()
+    if text:
+        if not (text.isascii() and text.isdigit()):
+            raise _Refused(400, f"invalid CONTENT_LENGTH {text!r}")
+        if int(text) > max_body:
+            raise _Refused(413, f"a body of {text} bytes is over max_body ({max_body})")
+        return RequestBody(stream, int(text))
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not (chunked or environ.get("wsgi.input_terminated")):
+        return RequestBody(None, -1)
+    body = RequestBody.spool(stream, max_body)
+    if body is None:
+        raise _Refused(413, f"a chunked body over max_body ({max_body} bytes)")
+    if body.length == 0 and not chunked:
+        body.close()
+        return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (RFC 3875 §4.1.2)
+    return body
+
+
+def _logger(environ: dict[str, Any]) -> Log:
+    errors = environ.get("wsgi.errors") or sys.stderr
+
+    def log(line: str) -> None:
+        errors.write(f"cgikit: {line}\n")
+
+    return log
+
+
+def _error(start_response: StartResponse, status: int, method: str) -> list[bytes]:
+    reason = HTTPStatus(status).phrase
+    body = f"{status} {reason}\n".encode("ascii")
+    start_response(f"{status} {reason}", [_TEXT, ("Content-Length", str(len(body)))])
+    return [] if method == "HEAD" else [body]
+
+
+class CGIHost:
+    """A WSGI app running the CGI scripts under ``directory`` (module docstring).
+
+    ``options`` are the keywords of ``HOST_OPTIONS`` (cgikit.host_options).
+
+    Raises:
+        TypeError, ValueError: an unknown option or a bad value.
+        NotADirectoryError: ``directory`` is not a directory.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], **options: object) -> None:
+        self.settings = host_settings(options)
+        self.directory = os.path.realpath(directory)
+        if not os.path.isdir(self.directory):
+            raise NotADirectoryError(f"not a directory: {self.directory!r}")
+        # The server's own environment, for the allow-list only (research §3 row 11).
+        self._server_environ = {
+            os.fsencode(k).decode("latin-1"): os.fsencode(v).decode("latin-1")
+            for k, v in os.environ.items()
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        log = _logger(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            request = _Request(environ, self.settings)
+        except (_Refused, UnsafePath, UnsafeHeader) as exc:
+            log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
+            return _error(start_response, exc.status, method)
+        except UnicodeEncodeError as exc:  # not a PEP 3333 "bytes as str" environ
+            log(f"a request variable is not latin-1: {exc}")
+            return _error(start_response, 400, method)
+        try:
+            return self._dispatch(request, start_response, log)
+        except BaseException:
+            request.body.close()
+            raise
+
+    def _dispatch(
+        self, request: _Request, start_response: StartResponse, log: Log
+    ) -> Iterable[bytes]:
+        """Run the script for the request, following local redirects (RFC 3875 §6.2.2)."""
+        method = request.method
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                run, head, events, script = self._start(request, log)
+            except _Refused as exc:
+                log(f"{request.uri}: {exc.reason}")
+                request.body.close()
+                return _error(start_response, exc.status, method)
+            location = head.location or ""
+            if head.kind != LOCAL_REDIRECT:
+                return self._respond(request, run, head, events, script, start_response)
+            if not self.settings.local_redirects or not _under(request, location):
+                return self._respond(request, run, head, events, script, start_response)
+            run.close()
+            if hop == MAX_REDIRECTS:
+                break
+            request.redirect(location)
+        log(f"{request.uri}: more than {MAX_REDIRECTS} local redirects in a row")
+        return _error(start_response, 500, method)
+
+    def _start(self, request: _Request, log: Log) -> tuple[ScriptRun, Head, Iterator[Any], Script]:
+        """Find and start the script; run it up to its head."""
+        try:
+            rest = request.below_mount()
+            if rest is None:
+                raise _Refused(404, "outside the mount point")
+            script = find_script(self.directory, rest, self.settings.run_python)
+            meta = self._meta(request, rest, script)
+        except (UnsafePath, UnsafeHeader) as exc:
+            raise _Refused(exc.status, exc.reason) from None
+        except ValueError as exc:
+            raise _Refused(500, f"cannot build the environment: {exc}") from None
+        try:
+            run = run_script(
+                list(script.argv),
+                to_environb(meta),
+                os.path.dirname(script.filename),  # RFC 3875 §7.2; research G10
+                request.body,
+                timeout=self.settings.timeout,
+                idle_timeout=self.settings.idle_timeout,
+                log=log,
+                script_name=script.name,
+            )
+        except OSError as exc:  # logged by the runner
+            raise _Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None
+        if os.path.basename(script.filename).startswith("nph-"):
+            # run_script takes no parser argument yet: swapped in before the first byte.
+            run._parser = NphOutput()
+        return run, *self._head(run, script), script
+
+    @staticmethod
+    def _head(run: ScriptRun, script: Script) -> tuple[Head, Iterator[Any]]:
+        events = iter(run)
+        try:
+            first = next(events)
+        except ScriptOutputError as exc:  # logged by the runner
+            run.close()
+            raise _Refused(502, f"{script.name}: {exc.reason}") from None
+        except ScriptTimeout as exc:
+            run.close()
+            raise _Refused(504, f"{script.name}: {exc.reason}") from None
+        except StopIteration:
+            run.close()
+            raise _Refused(502, f"{script.name}: no response") from None
+        if not isinstance(first, Head):
+            run.close()
+            raise _Refused(502, f"{script.name}: no response head")
+        return first, events
+
+    def _meta(self, request: _Request, rest: list[str], script: Script) -> dict[str, str]:
+        environ = request.environ
+        all_segments = request.mount + rest
+        script_name, path_info = split_script(all_segments, len(request.mount) + script.count)
+        port = str(environ.get("REMOTE_PORT", ""))
+        length = request.body.length
+        return build_meta(
+            method=request.method,
+            script_name=script_name,
+            path_info=path_info,
+            query_string=request.query,
+            request_uri=request.uri,
+            headers=request.headers,
+            content_length=length if length >= 0 else None,
+            server_name=environ.get("SERVER_NAME", "localhost"),
+            server_port=int(environ.get("SERVER_PORT", "80")),
+            remote_addr=environ.get("REMOTE_ADDR", ""),
+            remote_port=int(port) if port.isascii() and port.isdigit() else None,
+            server_addr=environ.get("SERVER_ADDR"),
+            document_root=self.directory,
+            script_filename=script.filename,
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            protocol=environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+            remote_user=environ.get("REMOTE_USER"),
+            auth_type=environ.get("AUTH_TYPE"),
+            pass_auth=self.settings.pass_auth,
+            server_environ=self._server_environ,
+            pass_env=self.settings.pass_env,
+            env=self.settings.env,
+        )
+
+    def _respond(
+        self,
+        request: _Request,
+        run: ScriptRun,
+        head: Head,
+        events: Iterator[Any],
+        script: Script,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        method, headers = request.method, head.headers
+        if os.path.basename(script.filename).startswith("nph-"):
+            headers = [(n, v) for n, v in headers if n.lower() not in NPH_DROPPED]
+        emit = method != "HEAD" and head.body_allowed
+        if head.kind in (CLIENT_REDIRECT, LOCAL_REDIRECT):  # §6.2.3: no document
+            headers, emit = [*headers, _TEXT], False
+        try:
+            start_response(f"{head.status} {head.reason or 'Unknown'}", headers)
+        except BaseException:
+            run.close()
+            raise
+        log = _logger(request.environ)
+        return _ScriptBody(run, events, request.body, log, script.name, emit)
+
+
+def _under(request: _Request, location: str) -> bool:
+    """Whether a local redirect's path is below the mount point (else: 302)."""
+    path = split_target(location.encode("latin-1"))[0]
+    try:
+        segments = normalize_target(path)
+    except UnsafePath:
+        return False
+    return segments[: len(request.mount)] == request.mount
+
+
+class _ScriptBody:
+    """The response body: the script's Body events; ``close()`` ends the script (R17)."""
+
+    def __init__(
+        self,
+        run: ScriptRun,
+        events: Iterator[Any],
+        body: RequestBody,
+        log: Log,
+        name: str,
+        emit: bool,
+    ) -> None:
+        self._run, self._events, self._body = run, events, body
+        self._log, self._name, self._emit = log, name, emit
+        self._chunks = self._generate()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def _generate(self) -> Iterator[bytes]:
+        try:
+            for event in self._events:
+                if isinstance(event, Body) and self._emit:
+                    yield event.data
+        except ScriptOutputError as exc:  # logged by the runner
+            raise BodyCut(f"{self._name}: {exc.reason}") from None
+        if self._run.body_cut:
+            why = self._run.killed or "output ended early"
+            self._log(f"{self._name}: response body cut: {why}")
+            raise BodyCut(f"{self._name}: {why}")
+        if self._body.short:
+            self._log(f"{self._name}: the request body ended before CONTENT_LENGTH")
+
+    def close(self) -> None:
+        """Kill what is left of the script, reap it, close the pipes and the spool."""
+        try:
+            self._chunks.close()  # type: ignore[attr-defined]
+        finally:
+            self._run.close()
+            self._body.close()
