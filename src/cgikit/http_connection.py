@@ -1,0 +1,423 @@
+"""One HTTP/1.1 connection of cgikit's server: socket reads, the WSGI call, framing.
+
+Owns the I/O around the sans-IO ``RequestParser`` for one accepted socket, driven by
+one worker thread of ``http_server``: read with timeouts, answer ``BadRequest`` with its
+status, build the PEP 3333 environ, run the app through the shared ``Response`` driver
+with an HTTP/1.1 serializer, and decide whether the connection lives on (RFC 9112 §9.3).
+
+Framing of responses (RFC 9112 §6.3): the app's (or the driver's) Content-Length when
+known; otherwise chunked transfer coding for HTTP/1.1 (§7.1) or the end of the
+connection for HTTP/1.0 (§6.3 rule 8). HEAD, 1xx, 204 and 304 carry no body (RFC 9110
+§6.4.1). The request body is read from the socket only as the app reads ``wsgi.input``.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from cgikit.http_request import (
+    NEED_DATA,
+    BadRequest,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Request,
+    RequestParser,
+)
+from cgikit.wsgi_request import BoundedInput, build_environ
+from cgikit.wsgi_response import (
+    NO_BODY_STATUSES,
+    FileWrapper,
+    Response,
+    find_header,
+    http_date,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cgikit._typing import Environ, Headers, WSGIApp
+
+SERVER_SOFTWARE: Final = "cgikit"
+_RECV: Final = 65536
+_DRAIN_LIMIT: Final = 1 << 20  # unread body bytes read and dropped to keep the connection
+_REASONS: Final = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+class Limits:
+    """The per-connection settings a server hands to every connection."""
+
+    __slots__ = ("header_timeout", "idle_timeout", "max_body_bytes", "max_header_bytes")
+
+    def __init__(
+        self,
+        header_timeout: float,
+        idle_timeout: float,
+        max_header_bytes: int,
+        max_body_bytes: int | None,
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+
+
+class BodyError(OSError):
+    """Reading the request body failed; ``status`` is the answer if none went out yet."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
+    """A complete short plain-text response for a request the server refuses."""
+    body = f"{status} {_REASONS.get(status, 'Error')}\n{reason}\n".encode("latin-1", "replace")
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"Date: {http_date(time.gmtime()[:7])}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n{connection}\r\n"
+    ).encode("latin-1") + body
+
+
+class Connection:
+    """Serve the requests of one accepted socket, in order, until it closes."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        remote: tuple[str, int],
+        server: tuple[str, int],
+        app: WSGIApp,
+        limits: Limits,
+        log: Callable[[str], object],
+        stopping: Callable[[], bool],
+        wake_fd: int,
+    ) -> None:
+        self.sock, self.remote, self.server = sock, remote, server
+        self.app, self.limits, self.log = app, limits, log
+        self.stopping, self.wake_fd = stopping, wake_fd
+        self.parser = RequestParser(limits.max_header_bytes, limits.max_body_bytes)
+        sock.settimeout(limits.idle_timeout)  # every send and body read (slow clients)
+
+    def serve(self) -> None:
+        """Answer requests until the client closes, an error, or shutdown."""
+        while (request := self._read_head()) is not None:
+            exchange = Exchange(self, request)
+            if not exchange.run():
+                return
+            self.parser.start_next_request()
+
+    def recv(self, timeout: float, *, idle: bool = False) -> bytes | None:
+        """Bytes from the client (b"" at EOF), or None on timeout (or shutdown if idle)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if idle:
+            poller.register(self.wake_fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)}
+        if self.sock.fileno() not in ready:
+            return None
+        try:
+            return self.sock.recv(_RECV)
+        except OSError:  # ECONNRESET and friends: the client is gone
+            return b""
+
+    def send_error(self, status: int, reason: str) -> None:
+        """Answer a refused request and log it; the caller closes."""
+        self.log(f"{self.remote[0]}:{self.remote[1]} bad request: {status} {reason}")
+        try:
+            self.sock.sendall(error_response(status, reason))
+        except OSError:
+            pass
+
+    def _read_head(self) -> Request | None:
+        """The next request head, or None when the connection should close."""
+        started: float | None = None  # when this head's first bytes arrived
+        while True:
+            try:
+                event = self.parser.next_event()
+            except BadRequest as exc:
+                self.send_error(exc.status, exc.reason)
+                return None
+            if isinstance(event, Request):
+                return event
+            if isinstance(event, ConnectionClosed):
+                return None
+            if self.stopping() and started is None:
+                return None
+            if started is None:  # RFC 9112 §9.3: idle keep-alive connection
+                data = self.recv(self.limits.idle_timeout, idle=True)
+                if data is None:
+                    return None
+                started = time.monotonic()
+            else:  # a header block must complete within header_timeout (RFC 9110 §15.5.9)
+                left = started + self.limits.header_timeout - time.monotonic()
+                data = self.recv(left)
+                if data is None:
+                    self.send_error(408, "request header not received in time")
+                    return None
+            self.parser.receive_data(data)
+
+
+class Exchange:
+    """One request and its response on a connection."""
+
+    def __init__(self, conn: Connection, request: Request) -> None:
+        self.conn, self.request = conn, request
+        self.started = time.monotonic()
+        self.pending = b""  # body bytes from the parser not yet given to the app
+        self.body_done = False
+        self.continue_sent = False
+        self.head_sent = False
+        self.head_len = 0  # bytes of the next send that are the serialized head
+        self.framing = "none"  # "length", "chunked", "close" or "none"
+        self.expected: int | None = None
+        self.body_sent = 0
+        self.client_gone = False
+        self.keep_alive = request.keep_alive and not conn.stopping()
+        self.status = "000"
+
+    def run(self) -> bool:
+        """Serve the request; returns whether the connection may carry another one."""
+        conn, request = self.conn, self.request
+        try:
+            environ = self.environ()
+        except BadRequest as exc:
+            conn.send_error(exc.status, exc.reason)
+            return False
+        response = _HTTPResponse(environ, self.send, conn.log, serialize=self.serialize)
+        response.run(conn.app)
+        keep = self.finish(response)
+        length = self.body_sent if self.framing != "chunked" else response.body_bytes
+        conn.log(
+            f'{conn.remote[0]} - "{request.method} {request.target.decode("ascii")} '
+            f'HTTP/{request.version[0]}.{request.version[1]}" {self.status[:3]} {length} '
+            f"{time.monotonic() - self.started:.3f}s"
+        )
+        return keep
+
+    def finish(self, response: _HTTPResponse) -> bool:
+        """End the body's framing; whether the connection can stay open."""
+        if self.client_gone:
+            return False
+        if response.broken:
+            return False
+        if self.framing == "chunked":
+            try:
+                self.conn.sock.sendall(b"0\r\n\r\n")  # RFC 9112 §7.1: last chunk, no trailer
+            except OSError:
+                return False
+        elif self.framing == "length" and self.body_sent != self.expected:
+            return False  # a short body: the client would wait for the rest (§6.3 rule 5)
+        elif self.framing == "close":
+            return False
+        return self.keep_alive and self.drain()
+
+    def drain(self) -> bool:
+        """Read and drop the body the app left unread, up to a bound (RFC 9112 §9.3)."""
+        if self.body_done:
+            return True
+        if self.request.expect_continue and not self.continue_sent:
+            return False  # RFC 9110 §10.1.1: the client may not send it; close instead
+        dropped = len(self.pending)
+        self.pending = b""
+        try:
+            while (data := self.read_body(_RECV)) and dropped <= _DRAIN_LIMIT:
+                dropped += len(data)
+        except BodyError:
+            return False
+        return self.body_done
+
+    # -- the request ----------------------------------------------------------------
+
+    def environ(self) -> Environ:
+        """The PEP 3333 environ for the request (latin-1 "bytes as str")."""
+        request, conn = self.request, self.conn
+        path, query = _split_target(request.target)
+        meta = {
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_URI": request.target.decode("latin-1"),
+            "SERVER_NAME": conn.server[0],
+            "SERVER_PORT": str(conn.server[1]),
+            "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
+            "REMOTE_ADDR": conn.remote[0],
+            "REMOTE_PORT": str(conn.remote[1]),
+            "GATEWAY_INTERFACE": "CGI/1.1",
+        }
+        meta.update(_header_variables(request.headers))
+        length = None if request.chunked else (request.content_length or 0)
+        if length is None:
+            self.body_done = False
+        elif length == 0:
+            self.body_done = self._no_body()
+        env = build_environ(meta, BoundedInput(self.read_body, length), sys.stderr, length)
+        env["wsgi.input_terminated"] = True  # the stream ends at the body's end
+        env["wsgi.multithread"] = True
+        env["wsgi.multiprocess"] = False
+        env["wsgi.run_once"] = False
+        env["wsgi.file_wrapper"] = FileWrapper
+        return env
+
+    def _no_body(self) -> bool:
+        event = self.conn.parser.next_event()  # EndOfMessage at once (§6.3 rule 6)
+        return isinstance(event, EndOfMessage)
+
+    def read_body(self, size: int) -> bytes:
+        """The ``read(n)`` source of ``wsgi.input``: body bytes, b"" at its end."""
+        if not self.pending and not self.body_done:
+            self._send_continue()
+            self.pending = self._next_data()
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+    def _next_data(self) -> bytes:
+        conn = self.conn
+        while True:
+            try:
+                event = conn.parser.next_event()
+            except BadRequest as exc:
+                raise BodyError(exc.status, exc.reason) from None
+            if isinstance(event, Data):
+                return event.data
+            if event is not NEED_DATA:  # EndOfMessage
+                self.body_done = True
+                return b""
+            data = conn.recv(conn.limits.idle_timeout)
+            if data is None:
+                raise BodyError(408, "request body not received in time")
+            conn.parser.receive_data(data)
+
+    def _send_continue(self) -> None:
+        """RFC 9110 §10.1.1: 100 Continue when the app first reads, before any response."""
+        if self.request.expect_continue and not self.continue_sent and not self.head_sent:
+            self.continue_sent = True
+            self._sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # -- the response ---------------------------------------------------------------
+
+    def serialize(self, status: str, headers: Headers) -> bytes:
+        """The status line and fields (RFC 9112 §4), with the framing this server adds."""
+        code = int(status[:3])
+        request = self.request
+        fields = list(headers)
+        length = find_header(fields, "content-length")
+        if request.method == "HEAD" or code in NO_BODY_STATUSES:
+            self.framing = "none"
+        elif length is not None:
+            self.framing, self.expected = "length", int(length)
+        elif request.version == (1, 1):
+            self.framing = "chunked"
+            fields.append(("Transfer-Encoding", "chunked"))
+        else:
+            self.framing = "close"  # RFC 9112 §6.3 rule 8: the close delimits the body
+        if self.conn.stopping():  # a graceful shutdown: this response is the last
+            self.keep_alive = False
+        if self.framing == "close" or not self.keep_alive:
+            self.keep_alive = False
+            fields.append(("Connection", "close"))
+        elif request.version == (1, 0):
+            fields.append(("Connection", "keep-alive"))
+        if find_header(fields, "date") is None:  # RFC 9110 §6.6.1: an origin MUST send it
+            fields.insert(0, ("Date", http_date(time.gmtime()[:7])))
+        if find_header(fields, "server") is None:
+            fields.insert(1, ("Server", SERVER_SOFTWARE))
+        lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+        head = f"HTTP/1.1 {status}\r\n{lines}\r\n".encode("latin-1")
+        self.status, self.head_len = status, len(head)
+        return head
+
+    def send(self, data: bytes) -> None:
+        """The driver's ``send``: the head as is, body bytes framed (chunked or raw)."""
+        head, body = data[: self.head_len], data[self.head_len :]
+        self.head_len = 0
+        if head:
+            self.head_sent = True
+        if body:
+            self.body_sent += len(body)
+            if self.framing == "chunked":  # RFC 9112 §7.1: chunk-size CRLF data CRLF
+                body = b"%x\r\n%b\r\n" % (len(body), body)
+        self._sendall(head + body)
+
+    def _sendall(self, data: bytes) -> None:
+        try:
+            self.conn.sock.sendall(data)
+        except OSError:
+            self.client_gone = True
+            raise
+
+
+class _HTTPResponse(Response):
+    """The shared driver, answering body read errors with their own status."""
+
+    broken = False  # the connection must close (a late failure, a body error)
+
+    def fail(self, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, BodyError) and not self.headers_sent:
+            self._log(f"request body: {exc.status} {exc.reason}")
+            status = f"{exc.status} {_REASONS.get(exc.status, 'Error')}"
+            body = f"{status}\n{exc.reason}\n".encode("latin-1", "replace")
+            headers = [("Content-Type", "text/plain; charset=utf-8")]
+            headers.append(("Content-Length", str(len(body))))
+            self.start_response(status, headers, exc_info)  # type: ignore[arg-type]
+            self.write(body)
+            self.finish()
+            self.broken = True  # the request body's state is unknown: close
+            return
+        self.broken = self.headers_sent  # the body is incomplete: only a close tells
+        super().fail(exc_info)
+
+
+def _split_target(target: bytes) -> tuple[str, str]:
+    """PATH_INFO (percent-decoded, latin-1) and QUERY_STRING (raw) of a request-target."""
+    if target == b"*":  # RFC 9112 §3.2.4: asterisk-form, OPTIONS only
+        return "*", ""
+    if not target.startswith(b"/"):
+        lowered = target[:8].lower()
+        if not lowered.startswith((b"http://", b"https://")):  # §3.2.2 absolute-form
+            raise BadRequest(400, "request target is not origin- or absolute-form")
+        rest = target.split(b"//", 1)[1]
+        slash = rest.find(b"/")
+        target = rest[slash:] if slash >= 0 else b"/"
+    path, _, query = target.partition(b"?")
+    path = path.partition(b"#")[0]
+    return unquote_to_bytes(path).decode("latin-1"), query.decode("latin-1")
+
+
+def _header_variables(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """HTTP_* variables (RFC 3875 §4.1.18), CONTENT_TYPE; repeats joined (RFC 9110 §5.3)."""
+    joined: dict[str, list[str]] = {}
+    for name, value in headers:
+        if b"_" in name:  # HTTP_X_A would be ambiguous between X-A and X_A: dropped
+            continue
+        key = name.decode("ascii").upper().replace("-", "_")
+        joined.setdefault(key, []).append(value.decode("latin-1"))
+    meta: dict[str, str] = {}
+    for key, values in joined.items():
+        if key == "CONTENT_LENGTH":
+            continue  # the parser's checked length is CONTENT_LENGTH
+        if key == "CONTENT_TYPE":
+            meta["CONTENT_TYPE"] = values[0]
+            continue
+        meta["HTTP_" + key] = ("; " if key == "COOKIE" else ", ").join(values)
+    return meta
