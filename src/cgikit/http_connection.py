@@ -18,6 +18,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -46,33 +48,16 @@ if TYPE_CHECKING:
 SERVER_SOFTWARE: Final = "cgikit"
 _RECV: Final = 65536
 _DRAIN_LIMIT: Final = 1 << 20  # unread body bytes read and dropped to keep the connection
-_REASONS: Final = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
 
 
+@dataclass(frozen=True, slots=True)
 class Limits:
     """The per-connection settings a server hands to every connection."""
 
-    __slots__ = ("header_timeout", "idle_timeout", "max_body_bytes", "max_header_bytes")
-
-    def __init__(
-        self,
-        header_timeout: float,
-        idle_timeout: float,
-        max_header_bytes: int,
-        max_body_bytes: int | None,
-    ) -> None:
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
+    header_timeout: float
+    idle_timeout: float
+    max_header_bytes: int
+    max_body_bytes: int | None
 
 
 class BodyError(OSError):
@@ -84,12 +69,19 @@ class BodyError(OSError):
         self.reason = reason
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
     """A complete short plain-text response for a request the server refuses."""
-    body = f"{status} {_REASONS.get(status, 'Error')}\n{reason}\n".encode("latin-1", "replace")
+    body = f"{status} {_reason(status)}\n{reason}\n".encode("latin-1", "replace")
     connection = "Connection: close\r\n" if close else ""
     return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"HTTP/1.1 {status} {_reason(status)}\r\n"
         f"Date: {http_date(time.gmtime()[:7])}\r\nServer: {SERVER_SOFTWARE}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n{connection}\r\n"
@@ -296,6 +288,7 @@ class Exchange:
             try:
                 event = conn.parser.next_event()
             except BadRequest as exc:
+                self.keep_alive = False  # the answer says Connection: close
                 raise BodyError(exc.status, exc.reason) from None
             if isinstance(event, Data):
                 return event.data
@@ -304,6 +297,7 @@ class Exchange:
                 return b""
             data = conn.recv(conn.limits.idle_timeout)
             if data is None:
+                self.keep_alive = False
                 raise BodyError(408, "request body not received in time")
             conn.parser.receive_data(data)
 
@@ -375,7 +369,7 @@ class _HTTPResponse(Response):
         exc = exc_info[1]
         if isinstance(exc, BodyError) and not self.headers_sent:
             self._log(f"request body: {exc.status} {exc.reason}")
-            status = f"{exc.status} {_REASONS.get(exc.status, 'Error')}"
+            status = f"{exc.status} {_reason(exc.status)}"
             body = f"{status}\n{exc.reason}\n".encode("latin-1", "replace")
             headers = [("Content-Type", "text/plain; charset=utf-8")]
             headers.append(("Content-Length", str(len(body))))

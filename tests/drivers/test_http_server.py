@@ -311,6 +311,12 @@ def test_streaming_not_buffered() -> None:
         (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
         (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"400",
+        ),
+        (b"GET http//x HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
     ],
 )
 def test_parser_errors(request_bytes: bytes, status: bytes) -> None:
@@ -345,6 +351,33 @@ def test_slow_client_header_timeout() -> None:
         sock.close()
     assert data.startswith(b"HTTP/1.1 408 ")
     assert time.monotonic() - started < 1.5
+
+
+def test_slow_body_is_408() -> None:
+    with running(echo, idle_timeout=0.3) as srv:
+        sock = srv.connect()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        data = recv_all(sock)
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in data
+
+
+def test_unread_body_not_arriving_closes() -> None:
+    with running(hello, idle_timeout=0.3) as srv:
+        sock = srv.connect()
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\nabc")
+        data = recv_all(sock)  # the response, then a close: the body never came
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"POST /?")
+
+
+def test_absolute_form_target() -> None:
+    with running(hello) as srv:
+        sock = srv.connect()
+        sock.sendall(b"GET http://x/abs?q HTTP/1.1\r\nHost: x\r\n\r\n")
+        _, _, body = read_response(sock)
+        sock.close()
+    assert body == b"GET /abs?q"
 
 
 def test_idle_connection_closed() -> None:
