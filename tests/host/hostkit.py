@@ -166,7 +166,7 @@ def environ_for(
     if "?" in path:
         environ["PATH_INFO"], environ["QUERY_STRING"] = path.split("?", 1)
     environ.update(extra)
-    environ["wsgi.input"] = io.BytesIO(body)
+    environ.setdefault("wsgi.input", io.BytesIO(body))
     environ["wsgi.errors"] = io.StringIO()
     setup_testing_defaults(environ)
     return environ
