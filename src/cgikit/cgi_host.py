@@ -94,7 +94,10 @@ class _Request:
     def redirect(self, location: str) -> None:
         """Turn this request into the GET of a local redirect (RFC 3875 §6.2.2)."""
         self.body.close()
-        self.method, self.body = "GET", RequestBody(None, -1)  # no body: §4.1.2
+        # As a GET (§6.2.2), with no body (§4.1.2); a HEAD stays a HEAD, as Apache's
+        # header_only, so the client still gets no body.
+        self.method = "HEAD" if self.method == "HEAD" else "GET"
+        self.body = RequestBody(None, -1)
         self.path, query = split_target(location.encode("latin-1"))
         self.query, self.uri = query.decode("latin-1"), location
         self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]

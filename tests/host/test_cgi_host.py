@@ -205,6 +205,11 @@ def test_local_redirect_followed_r6(cgi_dir: Path) -> None:
     assert res.json()["body"] == ""
 
 
+def test_local_redirect_of_a_head_has_no_body(cgi_dir: Path) -> None:
+    res = call(CGIHost(cgi_dir, **FAST), "/redirect.sh", "HEAD")
+    assert (res.status, res.header("Content-Type"), res.body) == ("200 OK", "application/json", b"")
+
+
 def test_local_redirect_loop_limit(cgi_dir: Path) -> None:
     res = call(CGIHost(cgi_dir, **FAST), "/loop.sh")
     assert res.status == "500 Internal Server Error"
