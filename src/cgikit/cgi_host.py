@@ -258,12 +258,10 @@ class CGIHost:
                 idle_timeout=self.settings.idle_timeout,
                 log=log,
                 script_name=script.name,
+                parser=NphOutput() if _is_nph(script) else None,
             )
         except OSError as exc:  # logged by the runner
             raise _Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None
-        if os.path.basename(script.filename).startswith("nph-"):
-            # run_script takes no parser argument yet: swapped in before the first byte.
-            run._parser = NphOutput()
         return run, *self._head(run, script), script
 
     @staticmethod
@@ -390,3 +388,8 @@ class _ScriptBody:
         finally:
             self._run.close()
             self._body.close()
+
+
+def _is_nph(script: Script) -> bool:
+    """RFC 3875 §5: a script whose file name starts with ``nph-`` writes an HTTP response."""
+    return os.path.basename(script.filename).startswith("nph-")

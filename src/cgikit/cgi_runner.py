@@ -90,6 +90,7 @@ def run_script(
     max_header_bytes: int = 65536,
     kill_grace: float = 2.0,
     max_drain: int = 1 << 20,
+    parser: ScriptOutput | None = None,
 ) -> ScriptRun:
     """Start the script; the returned ``ScriptRun`` runs it as it is iterated.
 
@@ -98,7 +99,9 @@ def run_script(
     ``body(n)`` returns up to ``n`` bytes of the request body, ``b""`` at its end. When
     the script stops reading early, at most ``max_drain`` more bytes are pulled from
     ``body`` and dropped (so the connection can be kept) and its end is not waited for.
-    ``kill_grace`` is the time between SIGTERM and SIGKILL.
+    ``kill_grace`` is the time between SIGTERM and SIGKILL. ``parser`` reads stdout
+    (default: a ``ScriptOutput(max_header_bytes)``; the host passes one that first turns
+    an NPH script's status line into a Status field).
 
     Raises:
         ValueError: a timeout is not positive.
@@ -106,7 +109,8 @@ def run_script(
     """
     if not (timeout > 0 and idle_timeout > 0 and kill_grace >= 0 and max_drain >= 0):
         raise ValueError("timeouts must be positive, kill_grace and max_drain not negative")
-    parser = ScriptOutput(max_header_bytes)  # checks max_header_bytes before any spawn
+    if parser is None:
+        parser = ScriptOutput(max_header_bytes)  # checks max_header_bytes before any spawn
     sel = selectors.DefaultSelector()
     try:
         proc = subprocess.Popen(
