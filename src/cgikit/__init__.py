@@ -31,6 +31,7 @@ if "GATEWAY_INTERFACE" in os.environ:
 __all__ = [
     "RUN_OPTIONS",
     "CGIHandler",
+    "CGIHost",
     "FileWrapper",
     "IISCGIHandler",
     "Option",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from typing import TextIO
 
     from cgikit._typing import Headers, WSGIApp
+    from cgikit.cgi_host import CGIHost
     from cgikit.wsgi_response import FileWrapper, Response
 
 
@@ -217,10 +219,15 @@ IISCGIHandler = CGIHandler
 
 
 def __getattr__(name: str) -> object:
+    # Imported on first use: neither is on the CGI child's path.
     if name == "FileWrapper":
         from cgikit.wsgi_response import FileWrapper
 
         return FileWrapper
+    if name == "CGIHost":
+        from cgikit.cgi_host import CGIHost
+
+        return CGIHost
     raise AttributeError(f"module 'cgikit' has no attribute {name!r}")
 
 
