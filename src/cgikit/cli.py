@@ -1,8 +1,11 @@
-"""The ``cgikit`` command line. Flags come from the options table (cgikit.RUN_OPTIONS).
+"""The ``cgikit`` command line. Flags come from the options tables.
 
 ``cgikit run module:app [METHOD] [PATH?QUERY]`` serves a WSGI app through whatever
 gateway started the process: as a CGI script under a web server, or one emulated
-request from a terminal.
+request from a terminal (flags: cgikit.RUN_OPTIONS).
+
+``cgikit serve [--bind ADDR] [--port N] ROOT`` serves a site's static files and CGI
+scripts over HTTP (flags: cgikit.serve.SERVE_OPTIONS).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 from cgikit import RUN_OPTIONS, Option, __version__
 
@@ -50,12 +54,44 @@ def build_parser() -> argparse.ArgumentParser:
             run.add_argument(option.flag, action="store_true", default=None, help=option.help)
         else:
             run.add_argument(option.flag, metavar="VALUE", default=None, help=option.help)
+    _add_serve(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Imported here: ``cgikit run`` under a web server pays for every import per request.
+    from cgikit.serve import SERVE_OPTIONS
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a site's static files and CGI scripts over HTTP",
+        description="Serve the files under ROOT and run the CGI scripts of ROOT/cgi-bin at "
+        "/cgi-bin/ (the http.server --cgi convention), until SIGTERM or Ctrl-C. Every flag "
+        "may instead be set by its CGIKIT_* environment variable (docs/serve-options.md).",
+    )
+    serve.add_argument("root", metavar="ROOT", help="the site's directory")
+    for option in SERVE_OPTIONS:
+        # None means "not given", so that resolve() falls back to the variable, then
+        # the default; --no-FLAG turns off an option that is on by default.
+        if option.kind is bool:
+            action: Any = argparse.BooleanOptionalAction
+            serve.add_argument(option.flag, action=action, default=None, help=option.help)
+        elif option.kind is list:
+            serve.add_argument(
+                option.flag, action="append", metavar="VALUE", default=None, help=option.help
+            )
+        else:
+            metavar = "ADDR" if option.name == "bind" else "N"
+            serve.add_argument(
+                option.flag, type=option.kind, metavar=metavar, default=None, help=option.help
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cgikit`` and ``python -m cgikit``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     from cgikit import run_auto
 
     app = load_app(args.app)
@@ -63,10 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     return run_auto(app, args.request, "", **given)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from cgikit.serve import SERVE_OPTIONS, serve
+
+    given = {option.name: getattr(args, option.name) for option in SERVE_OPTIONS}
+    try:
+        serve(args.root, **given)
+    except (OSError, ValueError, TypeError) as exc:  # a bad option, root or address
+        print(f"cgikit serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def markdown_table(options: tuple[Option, ...] = RUN_OPTIONS) -> str:
     """The options as a Markdown table, for the docs."""
     rows = ["| keyword | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for o in options:
-        default = "off" if o.default is False else ("none" if o.default is None else o.default)
+        default = o.default
+        if default is False or default is True:
+            default = "on" if default else "off"
+        elif default is None or default == ():
+            default = "none"
         rows.append(f"| `{o.name}` | `{o.flag}` | `{o.env}` | {default} | {o.help} |")
     return "\n".join(rows) + "\n"

@@ -1,0 +1,348 @@
+"""``cgikit serve``: static files and CGI scripts of a site, on cgikit's HTTP/1.1 server.
+
+The composition of the host side: ``Dispatcher`` (a WSGI app) routes each request to a
+``CGIHost`` (cgi_host) or to ``StaticFiles`` (static_files); ``make_server`` puts it
+behind ``HTTPServer`` (http_server); ``serve`` runs that until SIGTERM or Ctrl-C.
+
+Routing, in this order, on the normalised request path (``cgi_paths.normalize_target``
+of the raw request-target, the same rules everywhere):
+
+1. A CGI directory's URL prefix (default ``/cgi-bin`` -> ROOT/cgi-bin when it exists,
+   the ``http.server --cgi`` convention; more with ``cgi_dir``, ``URLPATH=DIR``, the
+   longest prefix first): the directory's ``CGIHost``, mounted at the prefix. Nothing
+   below a prefix is ever a static file: a missing script is a 404, not a file.
+2. A path whose walk on the disk reaches a regular file with one of the ``cgi_ext``
+   extensions (case-insensitive, for case-insensitive file systems): a ``CGIHost`` of
+   ROOT. Its local redirects are answered 302 rather than followed: followed inside a
+   host of all of ROOT they would run any executable file there, not only ``cgi_ext``
+   ones, and a redirect to a page (``Location: /thanks.html``) could not be served.
+3. Anything else: static files, unless the file's real path lies in a CGI directory
+   (compared by device and inode, so ``/CGI-BIN/x`` on a case-insensitive file system or
+   a symlink into cgi-bin cannot send a script's source): then 404. Hard links to a
+   script outside the CGI directories are not detected.
+
+``max_procs`` bounds the scripts running at once with a semaphore held from the start of
+a script until its response is closed; a request waits up to ``PROC_WAIT`` seconds for
+a slot, then gets a 503 with Retry-After and a log line (issue 3, behaviour 4).
+
+Process hygiene: ``serve`` makes the process a child subreaper on Linux (below).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from cgikit import Option, resolve
+from cgikit._typing import StartResponse
+from cgikit.cgi_host import CGIHost
+from cgikit.cgi_paths import UnsafePath, normalize_target, split_target
+from cgikit.host_options import HOST_OPTIONS
+from cgikit.http_server import HTTPServer
+from cgikit.static_files import StaticFiles, raw_target
+
+__all__ = ["PROC_WAIT", "SERVE_OPTIONS", "Dispatcher", "make_server", "serve"]
+
+PROC_WAIT = 5.0  # seconds a request waits for a script slot under max_procs, then 503
+SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM / Ctrl-C
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+SERVE_OPTIONS = (
+    Option("bind", "CGIKIT_BIND", str, "127.0.0.1", "Address to listen on; an IPv6 address "
+           "(::1) binds IPv6. Give 0.0.0.0 to be reachable from other machines."),
+    Option("port", "CGIKIT_PORT", int, 8000,
+           "TCP port; 0 picks a free one (the start-up line shows which)."),
+    Option("cgi_dir", "CGIKIT_CGI_DIR", list, (),
+           "More CGI directories, URLPATH=DIR (repeatable); /cgi-bin=ROOT/cgi-bin is always "
+           "mapped when it exists, unless a cgi_dir gives /cgi-bin. Nothing below URLPATH "
+           "is ever sent as a file."),
+    Option("cgi_ext", "CGIKIT_CGI_EXT", list, (),
+           "Extensions (.cgi, repeatable) of files run as CGI scripts anywhere under "
+           "ROOT, never sent as files."),
+    Option("max_procs", "CGIKIT_MAX_PROCS", int, None,
+           "Most scripts running at once; a request waits up to 5 s for a slot, then "
+           "gets 503. None: only threads bounds them."),
+    Option("threads", "CGIKIT_THREADS", int, 16,
+           "Worker threads, each serving one connection at a time."),
+    *HOST_OPTIONS,
+)  # fmt: skip
+_HOST_NAMES = frozenset(o.name for o in HOST_OPTIONS)
+
+
+def _segments(url_path: str) -> list[str]:
+    """A mount prefix as normalised segments (``/cgi-bin/`` and ``/cgi-bin`` alike)."""
+    try:
+        return [s for s in normalize_target(url_path.encode("latin-1")) if s]
+    except (UnsafePath, UnicodeEncodeError):
+        raise ValueError(f"invalid CGI URL path: {url_path!r}") from None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+class Dispatcher:
+    """The site as one WSGI app: CGI directories, ``cgi_exts`` scripts, static files.
+
+    Mounted at the root of a site (the module docstring has the routing). ``cgi_dirs``
+    maps URL prefixes to directories; ``host_options`` holds ``HOST_OPTIONS`` keywords
+    for every ``CGIHost``; ``proc_wait`` is the wait for a ``max_procs`` slot.
+
+    Raises:
+        NotADirectoryError: ``root`` or a CGI directory is not a directory.
+        ValueError, TypeError: a bad prefix, extension or option.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        cgi_dirs: Mapping[str, str | os.PathLike[str]],
+        cgi_exts: Iterable[str] = (),
+        max_procs: int | None = None,
+        proc_wait: float = PROC_WAIT,
+        host_options: Mapping[str, object] | None = None,
+    ) -> None:
+        host_options = dict(host_options or {})
+        self.static = StaticFiles(root)
+        self.mounts: list[tuple[list[str], str, CGIHost]] = []
+        for url, directory in cgi_dirs.items():
+            segments = _segments(url)
+            host = CGIHost(directory, **host_options)
+            self.mounts.append((segments, "".join("/" + s for s in segments), host))
+        self.mounts.sort(key=lambda mount: -len(mount[0]))  # the longest prefix wins
+        self._cgi_ids = {_identity(host.directory) for _, _, host in self.mounts}
+        self.cgi_exts = tuple(ext.lower() for ext in cgi_exts)
+        if not all(ext.startswith(".") and len(ext) > 1 for ext in self.cgi_exts):
+            raise ValueError(f"CGI extensions start with '.': {self.cgi_exts!r}")
+        no_redirects = {**host_options, "local_redirects": False}
+        self.ext_host = CGIHost(self.static.root, **no_redirects) if self.cgi_exts else None
+        if max_procs is not None and (type(max_procs) is not int or max_procs < 1):
+            raise ValueError(f"max_procs must be a positive int: {max_procs!r}")
+        self._slots = threading.BoundedSemaphore(max_procs) if max_procs else None
+        self.proc_wait = proc_wait
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            segments = normalize_target(split_target(raw_target(environ))[0])
+        except (UnsafePath, UnicodeEncodeError):
+            return self.static(environ, start_response)  # answers the same error
+        for prefix, url, host in self.mounts:
+            if segments[: len(prefix)] == prefix:
+                rest = "".join("/" + s for s in segments[len(prefix) :])
+                mounted = {**environ, "SCRIPT_NAME": url, "PATH_INFO": rest}
+                return self._run(host, mounted, start_response)
+        if self.ext_host is not None and self._ext_script(segments):
+            mounted = {**environ, "SCRIPT_NAME": ""}
+            return self._run(self.ext_host, mounted, start_response)
+        if self._in_cgi_dir(segments):
+            environ["wsgi.errors"].write("cgikit: a CGI directory's file asked as static\n")
+            return _answer(start_response, "404 Not Found", environ)
+        return self.static(environ, start_response)
+
+    def _ext_script(self, segments: list[str]) -> bool:
+        """Whether the walk to the path reaches a regular file with a ``cgi_ext``."""
+        path = self.static.root
+        for segment in segments:
+            if segment == "":
+                return False
+            path = os.path.join(path, os.fsdecode(segment.encode("latin-1")))
+            try:
+                info = os.stat(path)
+            except OSError:
+                return False
+            if not stat.S_ISDIR(info.st_mode):
+                return stat.S_ISREG(info.st_mode) and segment.lower().endswith(self.cgi_exts)
+        return False
+
+    def _in_cgi_dir(self, segments: list[str]) -> bool:
+        """Whether the real path, or a directory above it, is a CGI directory."""
+        path = os.path.realpath(self.static.path_of(segments))
+        while True:
+            identity = _identity(path)
+            if identity is not None and identity in self._cgi_ids:
+                return True
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+    def _run(
+        self, host: CGIHost, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Run the host under the ``max_procs`` semaphore, held until ``close()``."""
+        slots = self._slots
+        if slots is None:
+            return host(environ, start_response)
+        if not slots.acquire(timeout=self.proc_wait):
+            environ["wsgi.errors"].write(
+                f"cgikit: {environ.get('REQUEST_URI', '')}: 503: every script slot "
+                f"busy for {self.proc_wait:g} s (max_procs)\n"
+            )
+            return _answer(start_response, "503 Service Unavailable", environ, retry=True)
+        try:
+            result = host(environ, start_response)
+        except BaseException:
+            slots.release()
+            raise
+        return _Holding(result, slots)
+
+
+class _Holding:
+    """A response body that holds a script slot until it is closed (PEP 3333)."""
+
+    def __init__(self, body: Iterable[bytes], slots: threading.BoundedSemaphore) -> None:
+        self._body, self._slots, self._held = body, slots, True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._held:
+                self._held = False
+                self._slots.release()
+
+
+def _answer(
+    start_response: StartResponse, status: str, environ: dict[str, Any], retry: bool = False
+) -> list[bytes]:
+    body = f"{status}\n".encode("ascii")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if retry:
+        headers.append(("Retry-After", "1"))
+    start_response(status, headers)
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def _cgi_dirs(root: str, entries: Iterable[str]) -> dict[str, str]:
+    """The URL prefix -> directory map: /cgi-bin by default, then the ``cgi_dir`` entries."""
+    dirs: dict[str, str] = {}
+    default = os.path.join(root, "cgi-bin")
+    if os.path.isdir(default):
+        dirs["/cgi-bin"] = default
+    for entry in entries:
+        url, equals, directory = str(entry).partition("=")
+        if not equals or not url.startswith("/") or not directory:
+            raise ValueError(f"cgi_dir entries are URLPATH=DIR: {entry!r}")
+        url = "".join("/" + s for s in _segments(url))
+        if not url:
+            raise ValueError(f"a CGI directory cannot be mounted at /: {entry!r}")
+        dirs[url] = directory
+    return dirs
+
+
+def _settings(given: Mapping[str, object]) -> dict[str, object]:
+    unknown = set(given) - {o.name for o in SERVE_OPTIONS}
+    if unknown:
+        raise TypeError(f"unknown serve option(s): {', '.join(sorted(unknown))}")
+    values = resolve(SERVE_OPTIONS, given, os.environ)
+    for name in ("port", "threads"):
+        if type(values[name]) is not int:
+            raise TypeError(f"{name} must be an int, not {values[name]!r}")
+    port = values["port"]
+    if not 0 <= port <= 65535:  # type: ignore[operator]
+        raise ValueError(f"port out of range: {port!r}")
+    for name in ("cgi_dir", "cgi_ext"):
+        if isinstance(values[name], str):
+            raise TypeError(f"{name} must be a list of strings, not {values[name]!r}")
+    return values
+
+
+def make_server(root: str | os.PathLike[str], **options: object) -> tuple[HTTPServer, str]:
+    """The site's server, bound and listening, and its start-up line.
+
+    ``options`` are the ``SERVE_OPTIONS`` keywords; one not given comes from its
+    ``CGIKIT_*`` environment variable, else its default (``cgikit.resolve``).
+
+    Raises:
+        TypeError, ValueError: an unknown option or a bad value.
+        NotADirectoryError: ``root`` or a CGI directory is not a directory.
+        OSError: the address cannot be bound.
+    """
+    values = _settings(options)
+    root_path = os.path.realpath(root)
+    dirs = _cgi_dirs(root_path, values["cgi_dir"])  # type: ignore[arg-type]
+    exts: tuple[str, ...] = tuple(values["cgi_ext"])  # type: ignore[arg-type]
+    app = Dispatcher(
+        root_path,
+        dirs,
+        exts,
+        values["max_procs"],  # type: ignore[arg-type]
+        host_options={name: values[name] for name in _HOST_NAMES},
+    )
+    server = HTTPServer(
+        app,
+        str(values["bind"]),
+        values["port"],  # type: ignore[arg-type]
+        threads=values["threads"],  # type: ignore[arg-type]
+        max_body_bytes=values["max_body"],  # type: ignore[arg-type]
+    )
+    host, port = server.server_address
+    shown = f"[{host}]" if ":" in host else host
+    cgi = ", ".join([*dirs, *("*" + ext for ext in exts)]) or "none"
+    return server, f"cgikit: serving {root_path} at http://{shown}:{port}/ (CGI: {cgi})"
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux; else a no-op).
+
+    A script killed on a timeout dies with its process group, but a grandchild that
+    outlives its parent is re-parented to the nearest subreaper, else to PID 1. In a
+    container PID 1 is often this server or a shell that reaps nothing, so those
+    orphans would stay zombies for ever. As a subreaper they come back here, and
+    ``cgi_runner`` reaps every member of a killed group that is its child (its docstring).
+    """
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def serve(root: str | os.PathLike[str], **options: object) -> None:
+    """Serve the site under ``root`` until SIGTERM or Ctrl-C; then stop cleanly.
+
+    ``options`` are the ``SERVE_OPTIONS`` keywords (``make_server``). Writes the
+    start-up line and an access log line per request to stderr. In-flight requests get
+    ``SHUTDOWN_GRACE`` seconds to finish.
+
+    Raises:
+        as ``make_server``.
+    """
+    become_subreaper()
+    server, line = make_server(root, **options)
+    print(line, file=sys.stderr, flush=True)
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if main:  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="cgikit-serve")
+    thread.start()
+    try:
+        while thread.is_alive() and not stop.wait(0.5):
+            pass
+        print("cgikit: shutting down", file=sys.stderr, flush=True)
+    finally:
+        server.shutdown(SHUTDOWN_GRACE)
+        thread.join(SHUTDOWN_GRACE + 10.0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
