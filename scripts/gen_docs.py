@@ -1,8 +1,9 @@
-"""Rewrite the generated options tables in README.md and docs/options.md.
+"""Rewrite the generated options tables in README.md, docs/options.md, docs/serve-options.md.
 
-Both files carry the table between ``<!-- options-table -->`` and
-``<!-- /options-table -->``; tests/test_layering.py fails when they drift from
-cgikit.RUN_OPTIONS. Run: ``PYTHONPATH=src python3 scripts/gen_docs.py``.
+Each file carries its table between ``<!-- options-table -->`` and
+``<!-- /options-table -->``; tests/test_layering.py fails when the first two drift from
+cgikit.RUN_OPTIONS, tests/serve/test_serve_options.py when the third drifts from
+cgikit.serve.SERVE_OPTIONS. Run: ``PYTHONPATH=src python3 scripts/gen_docs.py``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ import re
 from pathlib import Path
 
 from cgikit.cli import markdown_table
+from cgikit.serve import SERVE_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- options-table -->\n).*?(<!-- /options-table -->)", re.S)
 
 
 def main() -> None:
-    table = markdown_table()
-    for name in ("README.md", "docs/options.md"):
+    run_table = markdown_table()
+    tables = {
+        "README.md": run_table,
+        "docs/options.md": run_table,
+        "docs/serve-options.md": markdown_table(SERVE_OPTIONS),
+    }
+    for name, table in tables.items():
         path = ROOT / name
         text = path.read_text(encoding="utf-8")
-        new = BLOCK.sub(lambda m: m.group(1) + table + m.group(2), text)
+        new = BLOCK.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
         if new != text:
             path.write_text(new, encoding="utf-8")
             print(f"updated {name}")

@@ -42,7 +42,7 @@ from cgikit import Option, resolve
 from cgikit._typing import StartResponse
 from cgikit.cgi_host import CGIHost
 from cgikit.cgi_paths import UnsafePath, normalize_target, split_target
-from cgikit.host_options import HOST_OPTIONS
+from cgikit.host_options import HOST_OPTIONS, host_settings
 from cgikit.http_server import HTTPServer
 from cgikit.static_files import StaticFiles, raw_target
 
@@ -112,6 +112,7 @@ class Dispatcher:
         host_options: Mapping[str, object] | None = None,
     ) -> None:
         host_options = dict(host_options or {})
+        host_settings(host_options)  # checked even when no CGIHost is made (no cgi-bin)
         self.static = StaticFiles(root)
         self.mounts: list[tuple[list[str], str, CGIHost]] = []
         for url, directory in cgi_dirs.items():

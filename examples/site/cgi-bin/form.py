@@ -16,7 +16,9 @@ except ImportError:  # from a checkout: the repository's src/, found from this f
 
 def app(environ, start_response):
     if environ["REQUEST_METHOD"] != "POST":
-        start_response("405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")])
+        start_response(
+            "405 Method Not Allowed", [("Allow", "POST"), ("Content-Type", "text/plain")]
+        )
         return [b"POST the form of /index.html\n"]
     length = int(environ.get("CONTENT_LENGTH") or 0)
     fields = parse_qsl(environ["wsgi.input"].read(length).decode("utf-8"), keep_blank_values=True)
