@@ -3,7 +3,7 @@
 Each file carries its table between ``<!-- options-table -->`` and
 ``<!-- /options-table -->``; tests/test_layering.py fails when the first two drift from
 cgikit.RUN_OPTIONS, tests/serve/test_serve_options.py when the third drifts from
-cgikit.serve.SERVE_OPTIONS. Run: ``PYTHONPATH=src python3 scripts/gen_docs.py``.
+cgikit.site_server.SERVE_OPTIONS. Run: ``PYTHONPATH=src python3 scripts/gen_docs.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from cgikit.cli import markdown_table
-from cgikit.serve import SERVE_OPTIONS
+from cgikit.site_server import SERVE_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- options-table -->\n).*?(<!-- /options-table -->)", re.S)

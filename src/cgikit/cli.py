@@ -5,7 +5,7 @@ gateway started the process: as a CGI script under a web server, or one emulated
 request from a terminal (flags: cgikit.RUN_OPTIONS).
 
 ``cgikit serve [--bind ADDR] [--port N] ROOT`` serves a site's static files and CGI
-scripts over HTTP (flags: cgikit.serve.SERVE_OPTIONS).
+scripts over HTTP (flags: cgikit.site_server.SERVE_OPTIONS).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # Imported here: ``cgikit run`` under a web server pays for every import per request.
-    from cgikit.serve import SERVE_OPTIONS
+    from cgikit.site_server import SERVE_OPTIONS
 
     serve = commands.add_parser(
         "serve",
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cgikit.serve import SERVE_OPTIONS, serve
+    from cgikit.site_server import SERVE_OPTIONS, serve
 
     given = {option.name: getattr(args, option.name) for option in SERVE_OPTIONS}
     try:

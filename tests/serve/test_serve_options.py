@@ -17,7 +17,7 @@ import pytest
 
 from cgikit.cli import build_parser, markdown_table
 from cgikit.host_options import HOST_OPTIONS
-from cgikit.serve import SERVE_OPTIONS, Dispatcher, make_server
+from cgikit.site_server import SERVE_OPTIONS, Dispatcher, make_server
 from serve.servekit import SRC, Server, copy_site, write_script
 
 ROOT = SRC.parent
@@ -243,3 +243,10 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     ]:
         with pytest.raises(error):
             make_server(tmp_path, **{"port": 0, **options})
+
+
+def test_the_module_does_not_shadow_the_gateways_serve() -> None:
+    import cgikit
+
+    # A submodule called cgikit/serve.py would replace this function once imported.
+    assert callable(cgikit.serve) and not isinstance(cgikit.serve, type(cgikit))

@@ -1,5 +1,8 @@
 """``cgikit serve``: static files and CGI scripts of a site, on cgikit's HTTP/1.1 server.
 
+(Not ``cgikit/serve.py``: ``cgikit.serve`` is the CGI gateway's function in __init__, and a
+submodule of that name would replace it as the package's attribute once imported.)
+
 The composition of the host side: ``Dispatcher`` (a WSGI app) routes each request to a
 ``CGIHost`` (cgi_host) or to ``StaticFiles`` (static_files); ``make_server`` puts it
 behind ``HTTPServer`` (http_server); ``serve`` runs that until SIGTERM or Ctrl-C.
