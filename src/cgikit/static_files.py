@@ -25,8 +25,8 @@ What it does, and the decisions:
   with ``sendfile``), else 64 KiB blocks; either way the file is closed by ``close()``.
 
 It knows nothing of CGI: that a CGI directory's scripts are never sent as files is the
-job of the dispatcher in front of it (``cgikit.serve``), which never routes such paths
-here.
+job of the dispatcher in front of it (``cgikit.site_server.Dispatcher``), which never
+routes such paths here.
 """
 
 from __future__ import annotations
