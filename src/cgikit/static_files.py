@@ -21,8 +21,9 @@ What it does, and the decisions:
   **No directory listings**, ever: a listing publishes names a site did not link.
 - A missing file, or a file named with a trailing slash, is a 404; not a regular file
   (FIFO, device) a 403.
-- The body is ``wsgi.file_wrapper`` when the server offers one (cgikit's server sends it
-  with ``sendfile``), else 64 KiB blocks; either way the file is closed by ``close()``.
+- The body is ``wsgi.file_wrapper`` when the server offers one (a server may send it
+  with ``sendfile``; cgikit's reads it in blocks today), else 64 KiB blocks; either way
+  the file is closed by ``close()``.
 
 It knows nothing of CGI: that a CGI directory's scripts are never sent as files is the
 job of the dispatcher in front of it (``cgikit.site_server.Dispatcher``), which never
