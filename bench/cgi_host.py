@@ -187,8 +187,14 @@ def table(samples: Samples, hosts: dict[str, peers.Host], script: str) -> str:
         row = [host.label, *(f"{s.rps:,.0f}" for s in samples[script, name])]
         row += [f"{p50 * 1e3:.2f}", f"{p99 * 1e3:.2f}", f"{rps / best_rps:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
-    errors = [f"{n}: {s.errors}" for (sc, n), ss in samples.items() if sc == script for s in ss]
-    return "\n".join(lines + [f"\nwrk reported: {e}" for e in errors if not e.endswith(": ")])
+    errors = [
+        f"- {name}, round {i}: {sample.errors}"
+        for (of, name), runs in samples.items()
+        if of == script
+        for i, sample in enumerate(runs, 1)
+        if sample.errors
+    ]
+    return "\n".join(lines + (["", "wrk reported:", *errors] if errors else []))
 
 
 def floor_line(samples: Samples) -> str:
@@ -199,9 +205,9 @@ def floor_line(samples: Samples) -> str:
     rps, _, p99 = summary(samples["C", "cgikit"])
     verdict = "PASS" if rps >= best_rps and p99 <= low_p99 else "FAIL"
     return (
-        f"Floor (C script): cgikit serve {rps:,.0f} req/s >= best peer ({best}) {best_rps:,.0f}"
-        f" req/s, and p99 {p99 * 1e3:.2f} ms <= the lowest peer p99 {low_p99 * 1e3:.2f} ms:"
-        f" {verdict}"
+        "Floor (C script; cgikit serve's req/s at least the best peer's, its p99 at most the"
+        f" lowest peer p99): cgikit serve {rps:,.0f} req/s vs {best} {best_rps:,.0f} req/s"
+        f" ({rps / best_rps:.2f}); p99 {p99 * 1e3:.2f} ms vs {low_p99 * 1e3:.2f} ms: {verdict}"
     )
 
 
