@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import re
+import signal
 import socket
 import struct
 import sys
@@ -386,3 +387,45 @@ def test_crashing_script_is_502_and_logged(load_server: Server, script: str) -> 
     assert load_server.wait_line(named, 5) is not None, load_server.lines[-5:]
     assert load_server.get("/cgi-bin/tiny.sh")[2] == b"ok\n"
     assert_clean(load_server, fds_before)
+
+
+# Writes its PID, then stays silent for 20 s: before its head, or after a first line.
+QUIET_SH = """#!/bin/sh
+echo $$ > "{pids}/$QUERY_STRING"
+case "$QUERY_STRING" in
+  after*) printf 'Content-Type: text/plain\\n\\nfirst\\n'; sleep 20; echo late;;
+  *) sleep 20; printf 'Content-Type: text/plain\\n\\nlate\\n';;
+esac
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a client that disconnects while its script is silent (before its head, "
+    "or between two writes) does not end the script: the runner watches only the "
+    "script's pipes, so the script and a worker thread live on until the script's next "
+    "write or idle_timeout/timeout (issue 3 item 4: a client that disconnects ends its script)",
+)
+@pytest.mark.parametrize("when", ["before-head", "after-head"])
+def test_client_gone_while_script_is_silent_ends_it(load_site: Path, pids: Path, when: str) -> None:
+    write_script(load_site / "cgi-bin" / "quiet.sh", QUIET_SH.format(pids=pids))
+    server = Server(load_site)  # its own: a stuck worker must not disturb the others
+    script = 0
+    try:
+        sock = raw_get(server.port, f"/cgi-bin/quiet.sh?{when}")
+        try:
+            script = read_pid(pids / when)
+            if when == "after-head":
+                got = b""
+                for _ in range(100):  # bounded by count and by the socket timeout
+                    got += sock.recv(4096)
+                    if b"first\n" in got:
+                        break
+                assert b"first\n" in got
+        finally:
+            sock.close()
+        assert process_gone(script, GONE_WITHIN), f"script {script} outlived its client"
+    finally:
+        if script and not group_gone(script):
+            os.killpg(script, signal.SIGKILL)  # the test's own script, by its PID (= its group)
+        assert server.stop() == 0
