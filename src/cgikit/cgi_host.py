@@ -34,6 +34,11 @@ Decisions (research: shared/research/cgi-anchors.md):
   RFC gives it none and PEP 3333 servers expect a Content-Type on a 302. A document
   without Content-Type is passed on without one (§6.3.1).
 - HEAD: the script runs with REQUEST_METHOD=HEAD to its end; its body is dropped (R16).
+- A client that hangs up ends its script at once, silent or not (issue 3 item 4), when
+  the WSGI server says which socket is the client's: cgikit's own server sets
+  ``environ["cgikit.client_fd"]`` (cgikit-specific; other servers do not, and then the
+  script ends at its next write or a timeout). See ``cgi_runner`` for half-closes.
+  Before the head, the request is then answered 502 for the log; nobody reads it.
 - NPH (``nph-`` names, §5): a WSGI app cannot bypass its server, so the script's
   ``HTTP/1.x NNN reason`` line and fields become a normal response; its Date and
   Server go, the WSGI server sends its own (``host_parts.NphOutput``).
@@ -259,6 +264,7 @@ class CGIHost:
                 log=log,
                 script_name=script.name,
                 parser=NphOutput() if _is_nph(script) else None,
+                client_fd=_client_fd(request.environ),
             )
         except OSError as exc:  # logged by the runner
             raise _Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None
@@ -277,7 +283,8 @@ class CGIHost:
             raise _Refused(504, f"{script.name}: {exc.reason}") from None
         except StopIteration:
             run.close()
-            raise _Refused(502, f"{script.name}: no response") from None
+            why = "the client went away" if run.client_gone else "no response"
+            raise _Refused(502, f"{script.name}: {why}") from None
         if not isinstance(first, Head):
             run.close()
             raise _Refused(502, f"{script.name}: no response head")
@@ -388,6 +395,12 @@ class _ScriptBody:
         finally:
             self._run.close()
             self._body.close()
+
+
+def _client_fd(environ: dict[str, Any]) -> int | None:
+    """The client socket's descriptor from cgikit's server (module docstring), or None."""
+    fd = environ.get("cgikit.client_fd")
+    return fd if isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0 else None
 
 
 def _is_nph(script: Script) -> bool:

@@ -31,6 +31,18 @@ reader needs its own socket timeout. ``timeout`` bounds the whole run, the time 
 caller spends between two events included; ``idle_timeout`` bounds the silence on
 stdout while the runner waits for it.
 
+The client: with ``client_fd`` (the client's socket; the host takes it from the
+environ's ``cgikit.client_fd``, which only cgikit's server sets), the loop also watches
+the client once the whole request body has been given to the script (before, body
+bytes are still to come, and reading them is ``body``'s job). A client that hangs up
+then ends the run at once, silent script or not ("client went away": issue 3 item 4),
+instead of at the script's next write or a timeout. Gone means EOF or a reset on the
+socket, peeked (``MSG_PEEK``) so nothing is taken from it. Half-close: a client that
+shuts down its write side after its request is taken as gone, as lighttpd does; at
+the socket its FIN cannot be told from a close. Bytes from the client (a pipelined
+request) stop the watch for the rest of the run, so the loop does not spin on them.
+Before the head, a hang-up ends the iteration without an event (``client_gone``).
+
 Spawning: ``subprocess.Popen``, which on Linux uses vfork (no ``preexec_fn``) and does
 ``cwd``, ``setsid`` (``start_new_session``) and ``close_fds`` in C; ``os.posix_spawn``
 has no ``cwd`` in Python 3.11, so it would need a ``chdir`` wrapper.
@@ -48,6 +60,7 @@ import contextlib
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -91,6 +104,7 @@ def run_script(
     kill_grace: float = 2.0,
     max_drain: int = 1 << 20,
     parser: ScriptOutput | None = None,
+    client_fd: int | None = None,
 ) -> ScriptRun:
     """Start the script; the returned ``ScriptRun`` runs it as it is iterated.
 
@@ -101,7 +115,8 @@ def run_script(
     ``body`` and dropped (so the connection can be kept) and its end is not waited for.
     ``kill_grace`` is the time between SIGTERM and SIGKILL. ``parser`` reads stdout
     (default: a ``ScriptOutput(max_header_bytes)``; the host passes one that first turns
-    an NPH script's status line into a Status field).
+    an NPH script's status line into a Status field). ``client_fd`` is the client's
+    socket, watched for a hang-up (module docstring); the caller keeps owning it.
 
     Raises:
         ValueError: a timeout is not positive.
@@ -129,7 +144,7 @@ def run_script(
         log(f"{script_name}: cannot start: {exc}")
         raise
     limits = (timeout, idle_timeout, kill_grace, max_drain)
-    return ScriptRun(proc, sel, parser, body, log, script_name, limits)
+    return ScriptRun(proc, sel, parser, body, log, script_name, limits, client_fd)
 
 
 class ScriptRun:
@@ -137,8 +152,9 @@ class ScriptRun:
 
     Attributes, for the caller and its log: ``pid`` (also the process group id),
     ``head`` (the Head once read), ``returncode`` (once reaped; negative for a signal),
-    ``timed_out``, ``killed`` (why the runner killed the script, or None) and
-    ``complete`` (``EndOfOutput`` was reached: the response is whole).
+    ``timed_out``, ``client_gone`` (the client hung up: the run was ended), ``killed``
+    (why the runner killed the script, or None) and ``complete`` (``EndOfOutput`` was
+    reached: the response is whole).
     """
 
     def __init__(
@@ -150,6 +166,7 @@ class ScriptRun:
         log: Callable[[str], None],
         script_name: str,
         limits: tuple[float, float, float, int],
+        client_fd: int | None = None,
     ) -> None:
         self._proc, self._sel, self._parser = proc, sel, parser
         self._body, self._log, self._name = body, log, script_name
@@ -157,6 +174,8 @@ class ScriptRun:
         self.head: Head | None = None
         self.returncode: int | None = None
         self.timed_out = False
+        self.client_gone = False
+        self._client_fd = client_fd  # watched once the body is done, None when not
         self.killed: str | None = None
         self.complete = False
         self._ended = False
@@ -226,8 +245,8 @@ class ScriptRun:
         try:
             while True:
                 event = self._next_event()
-                if event is None:  # a timeout ended the run
-                    if self.head is None:
+                if event is None:  # a timeout or the client's hang-up ended the run
+                    if self.head is None and self.timed_out:
                         raise ScriptTimeout(self.killed or "timeout")
                     return
                 if isinstance(event, EndOfOutput):
@@ -281,7 +300,11 @@ class ScriptRun:
         if self._pidfd is None:
             wait = min(wait, POLL_INTERVAL)
         for key, _mask in self._sel.select(wait):
+            if self._ended:  # the client went away: the selector is closed
+                return
             key.data()
+        if self._ended:
+            return
         if self.returncode is None and self._pidfd is None and self._proc.poll() is not None:
             self._on_exit()
         now = time.monotonic()
@@ -297,6 +320,7 @@ class ScriptRun:
             chunk = self._body(READ_SIZE)
             if not chunk:
                 self._body_done = True
+                self._watch_client()
                 self._close(self._stdin)  # EOF for the script
                 self._stdin = None
                 return
@@ -323,6 +347,26 @@ class ScriptRun:
             chunk = self._body(min(READ_SIZE, left))
             self._body_done = not chunk
             left -= len(chunk)
+        if self._body_done:
+            self._watch_client()
+
+    def _watch_client(self) -> None:
+        """The body is all read: from now on a readable client socket is news."""
+        if self._client_fd is not None and not self._ended:
+            with contextlib.suppress(KeyError):  # not twice
+                self._sel.register(self._client_fd, selectors.EVENT_READ, self._on_client)
+
+    def _on_client(self) -> None:
+        state = _peek_client(self._client_fd)
+        if state == "quiet" or self._client_fd is None:
+            return
+        # Gone, or data (a pipelined request, not ours to read): watch no more either way,
+        # so that unread bytes do not wake the loop again and again.
+        self._sel.unregister(self._client_fd)
+        self._client_fd = None
+        if state == "gone":
+            self.client_gone = True
+            self._end("client went away")
 
     @staticmethod
     def _read(stream: IO[bytes] | None) -> bytes | None:
@@ -490,3 +534,27 @@ class ScriptRun:
             with contextlib.suppress(KeyError):
                 self._sel.unregister(stream)
             stream.close()
+
+
+def _peek_client(fd: int | None) -> str:
+    """``gone`` (EOF or an error), ``data`` (bytes wait) or ``quiet`` (nothing yet).
+
+    A socket object is put around the caller's descriptor for one peek and detached
+    again, so the descriptor is neither read from nor closed. One that is not a socket
+    gives ``data``: it is not watched any more.
+    """
+    if fd is None:
+        return "data"
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return "data"
+    try:
+        peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return "quiet"
+    except OSError:  # ECONNRESET, ETIMEDOUT: the connection is gone
+        return "gone"
+    finally:
+        sock.detach()
+    return "data" if peeked else "gone"

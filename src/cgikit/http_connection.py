@@ -9,6 +9,10 @@ Framing of responses (RFC 9112 §6.3): the app's (or the driver's) Content-Lengt
 known; otherwise chunked transfer coding for HTTP/1.1 (§7.1) or the end of the
 connection for HTTP/1.0 (§6.3 rule 8). HEAD, 1xx, 204 and 304 carry no body (RFC 9110
 §6.4.1). The request body is read from the socket only as the app reads ``wsgi.input``.
+
+The environ carries ``cgikit.client_fd``, the client socket's descriptor (a cgikit
+extension, not PEP 3333): ``CGIHost`` watches it to end a script whose client hung up.
+It is only to be polled and peeked at: reading from it or closing it is this module's.
 """
 
 from __future__ import annotations
@@ -268,6 +272,7 @@ class Exchange:
         env["wsgi.multiprocess"] = False
         env["wsgi.run_once"] = False
         env["wsgi.file_wrapper"] = FileWrapper
+        env["cgikit.client_fd"] = conn.sock.fileno()  # for a hang-up watch (docstring)
         return env
 
     def _no_body(self) -> bool:

@@ -16,8 +16,10 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -557,6 +559,64 @@ def test_generator_dropped_mid_body_kills_the_group(tmp_path: Path) -> None:
             break
     started.run.close()
     assert_group_gone(started.run)
+
+
+# -- the client hangs up while the script is silent (issue 3 item 4) ----------------------
+
+QUIET = f"""\
+case "$QUERY_STRING" in
+  after*) {HEAD_SH}; echo first; sleep 20; echo late;;
+  *) sleep 20; {HEAD_SH}; echo late;;
+esac
+"""
+
+
+@pytest.mark.parametrize("hangup", ["close", "half-close"])
+@pytest.mark.parametrize("when", ["before-head", "after-head"])
+def test_a_client_that_hangs_up_ends_the_silent_script(
+    tmp_path: Path, when: str, hangup: str
+) -> None:
+    """A socketpair stands in for the client; a half-close counts as gone (lighttpd)."""
+    path = write_script(tmp_path, "quiet.cgi", QUIET)
+    server, client = socket.socketpair()
+    hang_up = client.close if hangup == "close" else lambda: client.shutdown(socket.SHUT_WR)
+    timer = threading.Timer(0.3, hang_up)
+    try:
+        env = base_env(QUERY_STRING=when.encode())
+        started = start(path, env=env, timeout=20, idle_timeout=20, client_fd=server.fileno())
+        began = time.monotonic()
+        timer.start()
+        events = list(started.run)  # no ScriptTimeout: the run just ends
+        elapsed = time.monotonic() - began
+    finally:
+        timer.join()
+        server.close()
+        client.close()
+    run = started.run
+    assert elapsed < 3.0, elapsed
+    assert run.client_gone and run.killed == "client went away" and not run.timed_out
+    assert [type(e) for e in events] == ([Head, Body] if when == "after-head" else [])
+    assert run.body_cut == (when == "after-head")
+    assert "quiet.cgi: client went away; killing its process group" in started.logs
+    assert_group_gone(run)
+
+
+def test_a_client_that_stays_or_sends_more_does_not_end_the_script(tmp_path: Path) -> None:
+    """Pipelined bytes are left in the socket, and the loop does not spin on them."""
+    path = write_script(tmp_path, "late.cgi", f"sleep 0.5\n{HEAD_SH}\necho late\n")
+    server, client = socket.socketpair()
+    with server, client:
+        for pipelined in (b"", b"GET /next HTTP/1.1\r\n"):
+            client.sendall(pipelined)
+            cpu = time.thread_time()
+            started = start(path, b"body", client_fd=server.fileno())
+            assert started.body(complete(started)) == b"late\n"
+            assert time.thread_time() - cpu < 0.25  # a spin would burn the 0.5 s
+            assert not started.run.client_gone and started.run.killed is None
+            server.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                assert server.recv(100) == pipelined
+            server.setblocking(True)
 
 
 # -- many runs ------------------------------------------------------------------------

@@ -399,13 +399,6 @@ esac
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a client that disconnects while its script is silent (before its head, "
-    "or between two writes) does not end the script: the runner watches only the "
-    "script's pipes, so the script and a worker thread live on until the script's next "
-    "write or idle_timeout/timeout (issue 3 item 4: a client that disconnects ends its script)",
-)
 @pytest.mark.parametrize("when", ["before-head", "after-head"])
 def test_client_gone_while_script_is_silent_ends_it(load_site: Path, pids: Path, when: str) -> None:
     write_script(load_site / "cgi-bin" / "quiet.sh", QUIET_SH.format(pids=pids))
