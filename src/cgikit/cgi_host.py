@@ -56,7 +56,14 @@ from urllib.parse import quote
 from cgikit._typing import StartResponse
 from cgikit.cgi_meta import UnsafeHeader, build_meta, to_environb
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
-from cgikit.cgi_paths import UnsafePath, normalize_target, split_script, split_target
+from cgikit.cgi_paths import (
+    PATH_SAFE,
+    UnsafePath,
+    normalize_target,
+    raw_target,
+    split_script,
+    split_target,
+)
 from cgikit.cgi_runner import ScriptRun, ScriptTimeout, run_script
 from cgikit.host_options import HOST_OPTIONS, HostSettings, host_settings
 from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_script
@@ -64,7 +71,6 @@ from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_
 __all__ = ["HOST_OPTIONS", "MAX_REDIRECTS", "BodyCut", "CGIHost"]
 
 MAX_REDIRECTS = 5
-_PATH_SAFE = "/!$&'()*+,;=:@~"  # RFC 3986 pchar sub-delims kept raw when re-quoting
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
 Log = Callable[[str], None]
 
@@ -87,11 +93,11 @@ class _Request:
     def __init__(self, environ: dict[str, Any], settings: HostSettings) -> None:
         self.environ = environ
         self.method: str = environ["REQUEST_METHOD"]
-        target = _raw_target(environ)
+        target = raw_target(environ)
         self.path, query = split_target(target)
         self.query = query.decode("latin-1")
         self.uri = target.decode("latin-1")
-        mount = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_PATH_SAFE)
+        mount = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=PATH_SAFE)
         self.mount = [s for s in normalize_target(mount.encode("latin-1")) if s] if mount else []
         self.headers = _header_list(environ)
         self.body = _request_body(environ, settings.max_body)
@@ -113,17 +119,6 @@ class _Request:
         if segments[: len(self.mount)] != self.mount:
             return None
         return segments[len(self.mount) :]
-
-
-def _raw_target(environ: dict[str, Any]) -> bytes:
-    """The request-target: REQUEST_URI, or SCRIPT_NAME + PATH_INFO re-quoted (docstring)."""
-    uri = environ.get("REQUEST_URI")
-    if uri:
-        return str(uri).encode("latin-1")
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    quoted = quote(path.encode("latin-1"), safe=_PATH_SAFE) or "/"
-    query = environ.get("QUERY_STRING", "")
-    return (quoted + ("?" + query if query else "")).encode("latin-1")
 
 
 def _header_list(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:

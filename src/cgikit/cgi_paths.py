@@ -42,6 +42,9 @@ No I/O: pure functions over bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from urllib.parse import quote
+
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Never raw in a request-target (RFC 9112 §3.2): controls, space, DEL, and "#" (a
 # fragment is not sent). "?" ends the path: split_target cuts there first.
@@ -160,3 +163,28 @@ def split_script(segments: list[str], count: int) -> tuple[str, str]:
     script_name = "".join("/" + name for name in segments[:count])
     path_info = "".join("/" + name for name in segments[count:])
     return script_name, path_info
+
+
+# RFC 3986 pchar sub-delims kept raw when a decoded path is quoted again.
+PATH_SAFE = "/!$&'()*+,;=:@~"
+
+
+def raw_target(environ: Mapping[str, object]) -> bytes:
+    """The request-target of a WSGI request, for ``split_target``.
+
+    REQUEST_URI when the server gives it (cgikit's server does: the raw bytes, so an
+    encoded slash or dot is still visible); otherwise SCRIPT_NAME + PATH_INFO quoted
+    again, which cannot show a ``%2F`` the server already decoded.
+    """
+    uri = environ.get("REQUEST_URI")
+    if uri:
+        return str(uri).encode("latin-1")
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    query = str(environ.get("QUERY_STRING", ""))
+    quoted = quote(path.encode("latin-1"), safe=PATH_SAFE) or "/"
+    return (quoted + ("?" + query if query else "")).encode("latin-1")
+
+
+def is_inside(root: str, path: str) -> bool:
+    """Whether the real ``path`` is ``root`` or below it (both already realpath'd)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from cgikit.cgi_output import ScriptOutput, ScriptOutputError
-from cgikit.cgi_paths import UnsafePath
+from cgikit.cgi_paths import UnsafePath, is_inside
 
 READ_SIZE = 65536
 SPOOL_MEMORY = 1 << 20  # a spooled body moves to a temporary file past this
@@ -32,10 +32,6 @@ class Script:
     filename: str  # SCRIPT_FILENAME: the path under the directory (symlinks not resolved)
     count: int  # how many segments below the mount point name the script
     name: str  # the path below the directory, for log lines
-
-
-def _inside(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def find_script(root: str, segments: list[str], run_python: bool) -> Script:
@@ -59,7 +55,7 @@ def find_script(root: str, segments: list[str], run_python: bool) -> Script:
             break
         path = os.path.join(path, segment)
         real = os.path.realpath(path)
-        if not _inside(root, real):
+        if not is_inside(root, real):
             raise UnsafePath(403, f"{path!r} leads outside the CGI directory")
         try:
             info = os.stat(real)

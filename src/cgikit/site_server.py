@@ -44,10 +44,10 @@ from typing import Any
 from cgikit import Option, resolve
 from cgikit._typing import StartResponse
 from cgikit.cgi_host import CGIHost
-from cgikit.cgi_paths import UnsafePath, normalize_target, split_target
+from cgikit.cgi_paths import UnsafePath, normalize_target, raw_target, split_target
 from cgikit.host_options import HOST_OPTIONS, host_settings
 from cgikit.http_server import HTTPServer
-from cgikit.static_files import StaticFiles, raw_target
+from cgikit.static_files import StaticFiles
 
 __all__ = ["PROC_WAIT", "SERVE_OPTIONS", "Dispatcher", "make_server", "serve"]
 

@@ -43,13 +43,19 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from cgikit._typing import StartResponse
-from cgikit.cgi_paths import UnsafePath, normalize_target, split_target
+from cgikit.cgi_paths import (
+    PATH_SAFE,
+    UnsafePath,
+    is_inside,
+    normalize_target,
+    raw_target,
+    split_target,
+)
 
-__all__ = ["StaticFiles", "content_type", "raw_target"]
+__all__ = ["StaticFiles", "content_type"]
 
 BLOCK = 65536
 INDEX = "index.html"
-_PATH_SAFE = "/!$&'()*+,;=:@~"  # RFC 3986 pchar sub-delims kept raw when re-quoting
 _ENCODED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz"}
 _TEXTUAL = ("application/javascript", "application/json", "image/svg+xml")
 
@@ -72,21 +78,6 @@ def content_type(name: str) -> str:
     if kind.startswith("text/") or kind in _TEXTUAL:
         return f"{kind}; charset=utf-8"
     return kind
-
-
-def raw_target(environ: dict[str, Any]) -> bytes:
-    """The request-target: REQUEST_URI, else SCRIPT_NAME + PATH_INFO re-quoted."""
-    uri = environ.get("REQUEST_URI")
-    if uri:
-        return str(uri).encode("latin-1")
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    query = environ.get("QUERY_STRING", "")
-    quoted = quote(path.encode("latin-1"), safe=_PATH_SAFE) or "/"
-    return (quoted + ("?" + query if query else "")).encode("latin-1")
-
-
-def _inside(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _not_modified(environ: dict[str, Any], mtime: float) -> bool:
@@ -137,7 +128,7 @@ class StaticFiles:
         """The file to send, opened; a directory means its index.html."""
         path = self.path_of(segments)
         real = os.path.realpath(path)
-        if not _inside(self.root, real):
+        if not is_inside(self.root, real):
             raise _Answer(403, f"{path!r} leads outside the root")
         try:
             info = os.stat(real)
@@ -146,7 +137,7 @@ class StaticFiles:
         if stat.S_ISDIR(info.st_mode):
             if segments[-1] != "":
                 location = "".join(
-                    "/" + quote(s.encode("latin-1"), safe=_PATH_SAFE) for s in segments
+                    "/" + quote(s.encode("latin-1"), safe=PATH_SAFE) for s in segments
                 )
                 location += "/" + ("?" + query.decode("latin-1") if query else "")
                 raise _Answer(301, "a directory", [("Location", location)])
