@@ -43,15 +43,15 @@ the socket its FIN cannot be told from a close. Bytes from the client (a pipelin
 request) stop the watch for the rest of the run, so the loop does not spin on them.
 Before the head, a hang-up ends the iteration without an event (``client_gone``).
 
-Spawning: ``subprocess.Popen``, which on Linux uses vfork (no ``preexec_fn``) and does
-``cwd``, ``setsid`` (``start_new_session``) and ``close_fds`` in C; ``os.posix_spawn``
-has no ``cwd`` in Python 3.11, so it would need a ``chdir`` wrapper.
-
 The script's process group is killed when the run ends: a background process a script
 leaves behind dies with it. A script that means to leave a daemon must ``setsid`` it.
 Killed grandchildren are reaped by init, or by the server when it is a child subreaper
 (``prctl(PR_SET_CHILD_SUBREAPER)``; needed where PID 1 reaps nothing, as in containers
 without an init): the runner reaps every member of the group that is its child.
+
+This module owns the pipes, the selector loop, the deadlines and the events; spawning,
+reaping and killing the group are ``process_group``'s, stderr lines to the log
+``stderr_log``'s, the peek at the client's socket ``client_socket``'s.
 """
 
 from __future__ import annotations
@@ -59,8 +59,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -68,16 +66,15 @@ from types import TracebackType
 from typing import IO, Final, TypeAlias
 
 from cgikit.cgi_output import Body, EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
+from cgikit.client_socket import peek_client
+from cgikit.process_group import ProcessGroup, spawn
+from cgikit.stderr_log import StderrLog
 
 Event: TypeAlias = Head | Body | EndOfOutput
 
 READ_SIZE: Final = 65536  # bytes per read from stdout/stderr and per body() call
-MAX_LOG_LINE: Final = 8192  # a longer stderr line is logged cut
 POLL_INTERVAL: Final = 0.05  # exit polling when there is no pidfd (not Linux)
-KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 EXIT_WAIT: Final = 0.05  # how long a script whose stdout is at EOF may take to exit
-# Controls in a stderr line are escaped: a script must not forge log lines (CR, ESC).
-_ESCAPES: Final = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
 
 __all__ = ["ScriptRun", "ScriptTimeout", "run_script"]
 
@@ -128,17 +125,7 @@ def run_script(
         parser = ScriptOutput(max_header_bytes)  # checks max_header_bytes before any spawn
     sel = selectors.DefaultSelector()
     try:
-        proc = subprocess.Popen(
-            argv,
-            bufsize=0,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,  # bytes, exactly these: no inheritance
-            close_fds=True,
-            start_new_session=True,  # its own process group (research §3 row 10)
-        )
+        proc = spawn(argv, env, cwd)  # its own process group (research §3 row 10)
     except OSError as exc:
         sel.close()
         log(f"{script_name}: cannot start: {exc}")
@@ -168,11 +155,13 @@ class ScriptRun:
         limits: tuple[float, float, float, int],
         client_fd: int | None = None,
     ) -> None:
-        self._proc, self._sel, self._parser = proc, sel, parser
+        self._sel, self._parser = sel, parser
         self._body, self._log, self._name = body, log, script_name
+        self._timeout, self._idle, self._grace, self._max_drain = limits
+        self._group = ProcessGroup(proc, self._grace, log, script_name)
+        self._stderr_log = StderrLog(log, script_name)
         self.pid = proc.pid
         self.head: Head | None = None
-        self.returncode: int | None = None
         self.timed_out = False
         self.client_gone = False
         self._client_fd = client_fd  # watched once the body is done, None when not
@@ -181,9 +170,6 @@ class ScriptRun:
         self._ended = False
         self._body_done = False
         self._pending = memoryview(b"")
-        self._err_line = bytearray()
-        self._err_skip = False  # dropping the rest of an overlong stderr line
-        self._timeout, self._idle, self._grace, self._max_drain = limits
         now = time.monotonic()
         self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
         self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
@@ -228,6 +214,11 @@ class ScriptRun:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    @property
+    def returncode(self) -> int | None:
+        """The script's exit status once reaped; negative for a signal."""
+        return self._group.returncode
 
     @property
     def timed_out_before_head(self) -> bool:
@@ -305,7 +296,7 @@ class ScriptRun:
             key.data()
         if self._ended:
             return
-        if self.returncode is None and self._pidfd is None and self._proc.poll() is not None:
+        if self.returncode is None and self._pidfd is None and self._group.exited():
             self._on_exit()
         now = time.monotonic()
         if now >= self._deadline:
@@ -357,7 +348,7 @@ class ScriptRun:
                 self._sel.register(self._client_fd, selectors.EVENT_READ, self._on_client)
 
     def _on_client(self) -> None:
-        state = _peek_client(self._client_fd)
+        state = peek_client(self._client_fd)
         if state == "quiet" or self._client_fd is None:
             return
         # Gone, or data (a pipelined request, not ours to read): watch no more either way,
@@ -392,50 +383,21 @@ class ScriptRun:
         if data is None:
             return
         if data:
-            self._log_stderr(data)
+            self._stderr_log.feed(data)
         else:
             self._close(self._stderr)
             self._stderr = None
-            self._flush_stderr()
+            self._stderr_log.flush()
 
     def _on_exit(self) -> None:
         """The script exited: reap it, end what it left in its group, stop its input."""
-        self.returncode = self._proc.wait()
+        self._group.reap()
         self._close_pidfd()
-        if self._group_alive():  # a grandchild would hold the pipes open
+        if self._group.alive():  # a grandchild would hold the pipes open
             self._log(f"{self._name}: exited, leaving processes in its group; killing them")
-            self._kill_group()
+            self._group.kill()
         if self._stdin is not None:
             self._abandon_stdin()
-
-    # -- stderr to the log ----------------------------------------------------------
-
-    def _log_stderr(self, data: bytes) -> None:
-        """Log each complete line as ``name: line``; cut lines over MAX_LOG_LINE."""
-        buf = self._err_line
-        buf += data
-        start = 0
-        while (end := buf.find(b"\n", start)) >= 0:
-            if not self._err_skip:
-                self._log_line(buf[start:end])
-            self._err_skip = False
-            start = end + 1
-        del buf[:start]
-        if len(buf) > MAX_LOG_LINE:
-            if not self._err_skip:
-                self._log_line(buf)
-            self._err_skip = True
-            buf.clear()
-
-    def _flush_stderr(self) -> None:
-        if self._err_line and not self._err_skip:
-            self._log_line(self._err_line)
-        self._err_line.clear()
-
-    def _log_line(self, line: bytes | bytearray) -> None:
-        cut = len(line) > MAX_LOG_LINE
-        text = bytes(line[:MAX_LOG_LINE]).removesuffix(b"\r").decode("utf-8", "backslashreplace")
-        self._log(f"{self._name}: {text.translate(_ESCAPES)}{' [cut]' if cut else ''}")
 
     # -- the end ------------------------------------------------------------------------
 
@@ -449,69 +411,18 @@ class ScriptRun:
             return
         self._ended = True
         if self.returncode is None and self._stdout is None:  # at EOF: likely exiting now
-            self._wait_gone(time.monotonic() + EXIT_WAIT)
-        if self.returncode is None or self._group_alive():
+            self._group.wait_gone(time.monotonic() + EXIT_WAIT)
+        if self.returncode is None or self._group.alive():
             self.killed = why
             self._log(f"{self._name}: {why}; killing its process group")
-            self._kill_group()
+            self._group.kill()
         self._drain_stderr()
         for stream in (self._stdin, self._stdout, self._stderr):
             self._close(stream)
         self._stdin = self._stdout = self._stderr = None
         self._close_pidfd()
         self._sel.close()
-        code = self.returncode
-        if code is None:
-            self._log(f"{self._name}: pid {self.pid} did not die after SIGKILL")
-        elif code > 0:  # after a valid response too: logged, the response stands
-            self._log(f"{self._name}: exited with status {code}")
-        elif code < 0 and self.killed is None:
-            self._log(f"{self._name}: killed by signal {-code}")
-
-    def _kill_group(self) -> None:
-        """SIGTERM the whole group, wait ``kill_grace`` for it to go, then SIGKILL it.
-
-        The group, not one pid: Apache and Go kill the direct child only, and
-        fcgiwrap's ``kill(SIGTERM, pid)`` has its arguments swapped (PR #44), so a
-        grandchild holding the pipes lived on (research §3 rows 9 and 10, R17).
-        """
-        self._signal(signal.SIGTERM)
-        if self._wait_gone(time.monotonic() + self._grace):
-            return
-        self._log(f"{self._name}: still there {self._grace:g} s after SIGTERM; sending SIGKILL")
-        self._signal(signal.SIGKILL)
-        self._wait_gone(time.monotonic() + KILL_WAIT)
-
-    def _signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
-
-    def _wait_gone(self, deadline: float) -> bool:
-        """Reap the script, then wait until its group is empty; False at the deadline."""
-        while True:
-            if self.returncode is None:
-                self.returncode = self._proc.poll()
-            if self.returncode is not None and not self._group_alive():
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-
-    def _group_alive(self) -> bool:
-        """Whether the group has members; reaps those that are our children first.
-
-        Only after the script itself is reaped: its pid, the group id, cannot be reused
-        while the group has members (POSIX), so the probe cannot hit a stranger.
-        """
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-self.pid, os.WNOHANG)[0]:
-                pass
-        try:
-            with contextlib.suppress(PermissionError):  # a member that changed its user
-                os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        self._group.log_status(self.killed)
 
     def _drain_stderr(self) -> None:
         """Log what the dead group left in the stderr pipe, and a partial last line."""
@@ -519,8 +430,8 @@ class ScriptRun:
             data = self._read(self._stderr)
             if not data:
                 break
-            self._log_stderr(data)
-        self._flush_stderr()
+            self._stderr_log.feed(data)
+        self._stderr_log.flush()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -534,27 +445,3 @@ class ScriptRun:
             with contextlib.suppress(KeyError):
                 self._sel.unregister(stream)
             stream.close()
-
-
-def _peek_client(fd: int | None) -> str:
-    """``gone`` (EOF or an error), ``data`` (bytes wait) or ``quiet`` (nothing yet).
-
-    A socket object is put around the caller's descriptor for one peek and detached
-    again, so the descriptor is neither read from nor closed. One that is not a socket
-    gives ``data``: it is not watched any more.
-    """
-    if fd is None:
-        return "data"
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return "data"
-    try:
-        peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return "quiet"
-    except OSError:  # ECONNRESET, ETIMEDOUT: the connection is gone
-        return "gone"
-    finally:
-        sock.detach()
-    return "data" if peeked else "gone"

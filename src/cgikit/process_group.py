@@ -1,0 +1,135 @@
+"""A CGI script's process and its process group: spawn it, reap it, kill the group.
+
+``spawn`` starts the script as the leader of a new session, so its pid is also the id
+of a process group that holds everything it starts. ``ProcessGroup`` then reaps it
+(``returncode``), tells whether anything of the group is left (``alive``), kills the
+whole group (SIGTERM, ``grace``, SIGKILL) and logs how the script ended. The pipes,
+the selector and the timeouts are ``cgi_runner``'s.
+
+Spawning: ``subprocess.Popen``, which on Linux uses vfork (no ``preexec_fn``) and does
+``cwd``, ``setsid`` (``start_new_session``) and ``close_fds`` in C; ``os.posix_spawn``
+has no ``cwd`` in Python 3.11, so it would need a ``chdir`` wrapper.
+
+The group, not one pid, is killed: a background process a script leaves behind dies
+with it. Killed grandchildren are reaped by init, or by the server when it is a child
+subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``; needed where PID 1 reaps nothing, as in
+containers without an init): ``alive`` reaps every member of the group that is our child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
+
+__all__ = ["ProcessGroup", "spawn"]
+
+
+def spawn(
+    argv: Sequence[bytes | str], env: dict[bytes, bytes], cwd: str
+) -> subprocess.Popen[bytes]:
+    """Start the script in ``cwd`` with exactly ``env``, its three pipes non-inherited.
+
+    Raises:
+        OSError: the script cannot be started (not found, not executable).
+    """
+    return subprocess.Popen(
+        argv,
+        bufsize=0,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,  # bytes, exactly these: no inheritance
+        close_fds=True,
+        start_new_session=True,  # its own process group (research §3 row 10)
+    )
+
+
+class ProcessGroup:
+    """The spawned script (``pid``, also the group id) and its group, for one run.
+
+    ``returncode`` is set once the script is reaped (negative for a signal). ``grace``
+    is the time between SIGTERM and SIGKILL; ``log`` and ``name`` are the runner's.
+    """
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        grace: float,
+        log: Callable[[str], None],
+        name: str,
+    ) -> None:
+        self._proc, self._grace, self._log, self._name = proc, grace, log, name
+        self.pid = proc.pid
+        self.returncode: int | None = None
+
+    def exited(self) -> bool:
+        """Whether the script has exited (a poll; it is reaped by ``reap``)."""
+        return self._proc.poll() is not None
+
+    def reap(self) -> int:
+        """Wait for the script itself, which has exited or is about to."""
+        self.returncode = self._proc.wait()
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGTERM the whole group, wait ``grace`` for it to go, then SIGKILL it.
+
+        The group, not one pid: Apache and Go kill the direct child only, and
+        fcgiwrap's ``kill(SIGTERM, pid)`` has its arguments swapped (PR #44), so a
+        grandchild holding the pipes lived on (research §3 rows 9 and 10, R17).
+        """
+        self._signal(signal.SIGTERM)
+        if self.wait_gone(time.monotonic() + self._grace):
+            return
+        self._log(f"{self._name}: still there {self._grace:g} s after SIGTERM; sending SIGKILL")
+        self._signal(signal.SIGKILL)
+        self.wait_gone(time.monotonic() + KILL_WAIT)
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def wait_gone(self, deadline: float) -> bool:
+        """Reap the script, then wait until its group is empty; False at the deadline."""
+        while True:
+            if self.returncode is None:
+                self.returncode = self._proc.poll()
+            if self.returncode is not None and not self.alive():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def alive(self) -> bool:
+        """Whether the group has members; reaps those that are our children first.
+
+        Only after the script itself is reaped: its pid, the group id, cannot be reused
+        while the group has members (POSIX), so the probe cannot hit a stranger.
+        """
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-self.pid, os.WNOHANG)[0]:
+                pass
+        try:
+            with contextlib.suppress(PermissionError):  # a member that changed its user
+                os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def log_status(self, killed: str | None) -> None:
+        """Log how the script ended; ``killed`` is why the runner killed it, or None."""
+        code = self.returncode
+        if code is None:
+            self._log(f"{self._name}: pid {self.pid} did not die after SIGKILL")
+        elif code > 0:  # after a valid response too: logged, the response stands
+            self._log(f"{self._name}: exited with status {code}")
+        elif code < 0 and killed is None:
+            self._log(f"{self._name}: killed by signal {-code}")
