@@ -300,7 +300,7 @@ def make_server(root: str | os.PathLike[str], **options: object) -> tuple[HTTPSe
     return server, f"cgikit: serving {root_path} at http://{shown}:{port}/ (CGI: {cgi})"
 
 
-def become_subreaper() -> bool:
+def become_subreaper(enable: bool = True) -> bool:
     """Make this process the reaper of its orphaned descendants (Linux; else a no-op).
 
     A script killed on a timeout dies with its process group, but a grandchild that
@@ -308,6 +308,7 @@ def become_subreaper() -> bool:
     container PID 1 is often this server or a shell that reaps nothing, so those
     orphans would stay zombies for ever. As a subreaper they come back here, and
     ``cgi_runner`` reaps every member of a killed group that is its child (its docstring).
+    ``enable=False`` gives the role up again (tests do, after a module of them).
     """
     if sys.platform != "linux":
         return False
@@ -315,7 +316,7 @@ def become_subreaper() -> bool:
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 

@@ -11,7 +11,6 @@ nothing (as in this test machine's VM).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import random
@@ -29,22 +28,20 @@ import pytest
 
 from cgikit.cgi_output import Body, EndOfOutput, Head, ScriptOutputError
 from cgikit.cgi_runner import ScriptRun, ScriptTimeout, run_script
+from cgikit.site_server import become_subreaper
 
 PERL = Path("/usr/bin/perl")
 PY = sys.executable
 MIB = 1 << 20
 HEAD_SH = "printf 'Content-Type: text/plain\\n\\n'"
-PR_SET_CHILD_SUBREAPER = 36
 
 
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> Iterator[None]:
-    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-    if libc is not None:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    """Grandchildren orphaned by a group kill come back here to be reaped (as in serve)."""
+    become_subreaper()
     yield
-    if libc is not None:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    become_subreaper(False)
 
 
 def open_fds() -> set[str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
@@ -19,11 +18,11 @@ from wsgiref.validate import validator
 import pytest
 
 from cgikit.cgi_host import CGIHost
+from cgikit.site_server import become_subreaper
 
 PY = sys.executable
 PERL = "/usr/bin/perl"
 SRC = Path(__file__).resolve().parents[2] / "src"
-PR_SET_CHILD_SUBREAPER = 36
 FAST = {"timeout": 10.0, "idle_timeout": 10.0}
 
 # name: (interpreter, text). Written by the ``cgi_dir`` fixture, chmod 755.
@@ -92,13 +91,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
 
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> Iterator[None]:
-    """Grandchildren orphaned by a group kill come back here to be reaped."""
-    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-    if libc is not None:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    """Grandchildren orphaned by a group kill come back here to be reaped (as in serve)."""
+    become_subreaper()
     yield
-    if libc is not None:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    become_subreaper(False)
 
 
 def children() -> set[str]:

@@ -7,7 +7,7 @@ shared/research/cgi-anchors.md §5b that concern the parser.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pytest
 
@@ -23,6 +23,7 @@ from cgikit.cgi_output import (
     ScriptOutput,
     ScriptOutputError,
 )
+from splitting import splits
 
 END = EndOfOutput()
 CT = ("Content-Type", "text/plain")
@@ -61,14 +62,6 @@ def coalesce(events: list[object]) -> list[object]:
                 merged.pop()
         merged.append(event)
     return merged
-
-
-def splits(data: bytes) -> Iterator[list[bytes]]:
-    """Whole, byte by byte, and every two-chunk split."""
-    yield [data] if data else []
-    yield [data[i : i + 1] for i in range(len(data))]
-    for i in range(1, len(data)):
-        yield [data[:i], data[i:]]
 
 
 def check(data: bytes, expected: list[object], max_header_bytes: int = 65536) -> None:

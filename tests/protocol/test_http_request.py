@@ -8,7 +8,7 @@ harness calls ``start_next_request``, as a keep-alive server does. Errors appear
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pytest
 
@@ -21,6 +21,7 @@ from cgikit.http_request import (
     Request,
     RequestParser,
 )
+from splitting import splits
 
 EOM = EndOfMessage()
 CLOSED = ConnectionClosed()
@@ -68,14 +69,6 @@ def merge(events: list[object]) -> list[object]:
                 merged.pop()
         merged.append(event)
     return merged
-
-
-def splits(data: bytes) -> Iterator[list[bytes]]:
-    """Whole, byte by byte, and every two-chunk split."""
-    yield [data] if data else []
-    yield [data[i : i + 1] for i in range(len(data))]
-    for i in range(1, len(data)):
-        yield [data[:i], data[i:]]
 
 
 def check(data: bytes, expected: list[object], **limits: int | None) -> None:
