@@ -36,6 +36,9 @@ PURE_MODULES = [
     "cgi_paths.py",
     "http_request.py",
     "http_chunked.py",
+    "fastcgi_records.py",
+    "fastcgi_connection.py",
+    "scgi_request.py",
 ]
 NO_IO = {"socket", "selectors", "threading", "asyncio", "subprocess", "signal", "os", "time"}
 SLOW = {"re", "typing", "dataclasses", "enum", "email", "traceback", "__future__"}

@@ -81,6 +81,9 @@ class HTTPServer:
         self._done = threading.Event()
         self._serving = False
         self._grace = 10.0
+        # Seconds a process with no free thread waits before it takes a connection that
+        # several processes share (prefork); 0 when this process is the only acceptor.
+        self.defer_when_busy = 0.0
 
     def serve_forever(self) -> None:
         """Accept and serve connections until ``shutdown``; then release everything."""
@@ -131,13 +134,20 @@ class HTTPServer:
         poller = select.poll()
         poller.register(self.socket, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        waker = select.poll()
+        waker.register(self._wake_r, select.POLLIN)
         while not self._stopping:
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_r.fileno() in ready or self._stopping:
                 return
+            # Another process on this socket may have a free thread: leave it the
+            # connection for a moment rather than queue it behind busy ones here.
+            busy = self.defer_when_busy and not self._idle_workers()
+            if busy and waker.poll(self.defer_when_busy * 1000):
+                return
             try:
                 sock, addr = self.socket.accept()
-            except OSError:  # EAGAIN after a client gave up, EMFILE: go on
+            except OSError:  # EAGAIN (another process took it, a client gave up), EMFILE
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
@@ -238,6 +248,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
+        # Readiness comes from poll; several processes may poll one socket (prefork),
+        # and the one that loses the race must get EAGAIN, not block in accept().
+        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise

@@ -22,13 +22,17 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 
-__all__ = ["ProcessGroup", "spawn"]
+__all__ = ["ProcessGroup", "kill_all", "spawn"]
+
+_live: set[ProcessGroup] = set()  # groups not yet gone, for kill_all
+_live_lock = threading.Lock()
 
 
 def spawn(
@@ -69,6 +73,8 @@ class ProcessGroup:
         self._proc, self._grace, self._log, self._name = proc, grace, log, name
         self.pid = proc.pid
         self.returncode: int | None = None
+        with _live_lock:
+            _live.add(self)
 
     def exited(self) -> bool:
         """Whether the script has exited (a poll; it is reaped by ``reap``)."""
@@ -125,7 +131,12 @@ class ProcessGroup:
         return True
 
     def log_status(self, killed: str | None) -> None:
-        """Log how the script ended; ``killed`` is why the runner killed it, or None."""
+        """Log how the script ended; ``killed`` is why the runner killed it, or None.
+
+        The run is over: the group leaves the set ``kill_all`` works on.
+        """
+        with _live_lock:
+            _live.discard(self)
         code = self.returncode
         if code is None:
             self._log(f"{self._name}: pid {self.pid} did not die after SIGKILL")
@@ -133,3 +144,20 @@ class ProcessGroup:
             self._log(f"{self._name}: exited with status {code}")
         elif code < 0 and killed is None:
             self._log(f"{self._name}: killed by signal {-code}")
+
+
+def kill_all(log: Callable[[str], None]) -> int:
+    """SIGKILL every group whose run has not ended; the number of groups killed.
+
+    For a server that stops: its in-flight requests had their grace period, and a
+    script must not outlive the server that ran it (the threads driving the runs are
+    about to die with the process, so no one else would end them).
+    """
+    with _live_lock:
+        groups = list(_live)
+        _live.clear()
+    for group in groups:
+        log(f"{group._name}: still running at shutdown; killing its process group")
+        group._signal(signal.SIGKILL)
+        group.wait_gone(time.monotonic() + KILL_WAIT)
+    return len(groups)

@@ -47,13 +47,24 @@ from cgikit.cgi_host import CGIHost
 from cgikit.cgi_paths import UnsafePath, normalize_target, raw_target, split_target
 from cgikit.host_options import HOST_OPTIONS, host_settings
 from cgikit.http_server import HTTPServer
+from cgikit.prefork import become_subreaper, run_workers
+from cgikit.privileges import drop_privileges
+from cgikit.process_group import kill_all
 from cgikit.static_files import StaticFiles
 
-__all__ = ["PROC_WAIT", "SERVE_OPTIONS", "Dispatcher", "make_server", "serve"]
+__all__ = [
+    "PROC_WAIT",
+    "SERVE_OPTIONS",
+    "Dispatcher",
+    "become_subreaper",
+    "make_server",
+    "serve",
+]
 
 PROC_WAIT = 5.0  # seconds a request waits for a script slot under max_procs, then 503
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM / Ctrl-C
-PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+MAX_AUTO_WORKERS = 4  # the default worker count: one per CPU, at most this
+BUSY_DEFER = 0.05  # seconds a worker with no free thread leaves a new connection to others
 
 SERVE_OPTIONS = (
     Option("bind", "CGIKIT_BIND", str, "127.0.0.1", "Address to listen on; an IPv6 address "
@@ -71,7 +82,16 @@ SERVE_OPTIONS = (
            "Most scripts running at once; a request waits up to 5 s for a slot, then "
            "gets 503. None: only threads bounds them."),
     Option("threads", "CGIKIT_THREADS", int, 16,
-           "Worker threads, each serving one connection at a time."),
+           "Threads per worker process, each serving one connection at a time."),
+    Option("workers", "CGIKIT_WORKERS", int, None,
+           "Server processes sharing the socket (each with its own threads); None: one "
+           "per CPU, at most 4. max_procs is shared out among them."),
+    Option("grace", "CGIKIT_GRACE", float, SHUTDOWN_GRACE,
+           "Seconds in-flight requests get to finish on SIGTERM or Ctrl-C; scripts still "
+           "running then are killed."),
+    Option("user", "CGIKIT_USER", str, None,
+           "The user the server and its scripts run as once the socket is bound, when "
+           "started as root; None: nobody (as http.server ran scripts); root keeps root."),
     *HOST_OPTIONS,
 )  # fmt: skip
 _HOST_NAMES = frozenset(o.name for o in HOST_OPTIONS)
@@ -133,6 +153,12 @@ class Dispatcher:
             raise ValueError(f"max_procs must be a positive int: {max_procs!r}")
         self._slots = threading.BoundedSemaphore(max_procs) if max_procs else None
         self.proc_wait = proc_wait
+
+    def limit_procs(self, max_procs: int) -> None:
+        """Set ``max_procs`` before serving (a worker process's share of the site's)."""
+        if type(max_procs) is not int or max_procs < 1:
+            raise ValueError(f"max_procs must be a positive int: {max_procs!r}")
+        self._slots = threading.BoundedSemaphore(max_procs)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -256,6 +282,14 @@ def _settings(given: Mapping[str, object]) -> dict[str, object]:
     for name in ("port", "threads"):
         if type(values[name]) is not int:
             raise TypeError(f"{name} must be an int, not {values[name]!r}")
+    grace = values["grace"]
+    if type(grace) not in (int, float) or not 0 <= grace < 86400:  # type: ignore[operator]
+        raise ValueError(f"grace must be a number of seconds: {grace!r}")
+    workers = values["workers"]
+    if workers is None:
+        values["workers"] = min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
+    elif type(workers) is not int or workers < 1:
+        raise ValueError(f"workers must be a positive int: {workers!r}")
     port = values["port"]
     if not 0 <= port <= 65535:  # type: ignore[operator]
         raise ValueError(f"port out of range: {port!r}")
@@ -269,14 +303,18 @@ def make_server(root: str | os.PathLike[str], **options: object) -> tuple[HTTPSe
     """The site's server, bound and listening, and its start-up line.
 
     ``options`` are the ``SERVE_OPTIONS`` keywords; one not given comes from its
-    ``CGIKIT_*`` environment variable, else its default (``cgikit.resolve``).
+    ``CGIKIT_*`` environment variable, else its default (``cgikit.resolve``). The
+    server is one process (``workers`` and ``user`` are ``serve``'s business).
 
     Raises:
         TypeError, ValueError: an unknown option or a bad value.
         NotADirectoryError: ``root`` or a CGI directory is not a directory.
         OSError: the address cannot be bound.
     """
-    values = _settings(options)
+    return _build(root, _settings(options))
+
+
+def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTTPServer, str]:
     root_path = os.path.realpath(root)
     dirs = _cgi_dirs(root_path, values["cgi_dir"])  # type: ignore[arg-type]
     exts: tuple[str, ...] = tuple(values["cgi_ext"])  # type: ignore[arg-type]
@@ -300,54 +338,74 @@ def make_server(root: str | os.PathLike[str], **options: object) -> tuple[HTTPSe
     return server, f"cgikit: serving {root_path} at http://{shown}:{port}/ (CGI: {cgi})"
 
 
-def become_subreaper(enable: bool = True) -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux; else a no-op).
-
-    A script killed on a timeout dies with its process group, but a grandchild that
-    outlives its parent is re-parented to the nearest subreaper, else to PID 1. In a
-    container PID 1 is often this server or a shell that reaps nothing, so those
-    orphans would stay zombies for ever. As a subreaper they come back here, and
-    ``cgi_runner`` reaps every member of a killed group that is its child (its docstring).
-    ``enable=False`` gives the role up again (tests do, after a module of them).
-    """
-    if sys.platform != "linux":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def serve(root: str | os.PathLike[str], **options: object) -> None:
     """Serve the site under ``root`` until SIGTERM or Ctrl-C; then stop cleanly.
 
-    ``options`` are the ``SERVE_OPTIONS`` keywords (``make_server``). Writes the
-    start-up line and an access log line per request to stderr. In-flight requests get
-    ``SHUTDOWN_GRACE`` seconds to finish.
+    ``options`` are the ``SERVE_OPTIONS`` keywords (``make_server``). Binds, gives up
+    root (``user``: privileges), then serves in ``workers`` processes (prefork; one
+    serves in this process). Writes the start-up line and an access log line per
+    request to stderr. In-flight requests get ``grace`` seconds to finish; scripts
+    still running after that are killed. Call it from the main thread.
 
     Raises:
-        as ``make_server``.
+        as ``make_server``; PermissionError: ``user`` cannot be switched to.
     """
+    values = _settings(options)
+    server, line = _build(root, values)
+    try:
+        user = drop_privileges(values["user"], _log)  # type: ignore[arg-type]
+    except BaseException:
+        server.socket.close()
+        raise
+    workers: int = values["workers"]  # type: ignore[assignment]
+    max_procs: int | None = values["max_procs"]  # type: ignore[assignment]
+    if max_procs is not None:
+        workers = min(workers, max_procs)  # every worker gets at least one slot
+    _log(line)
+    _log(f"cgikit: {workers} worker process(es) x {server.threads} threads, as user {user}")
+    app: Dispatcher = server.app  # type: ignore[assignment]
+    grace: float = values["grace"]  # type: ignore[assignment]
+    if workers == 1:
+        _serve_here(server, grace)
+        return
+    server.defer_when_busy = BUSY_DEFER
+
+    def work(index: int, stop: threading.Event) -> None:
+        if max_procs is not None:  # shared out: the first ones take the remainder
+            app.limit_procs(max_procs // workers + int(index < max_procs % workers))
+        _serve_until(server, stop, grace)
+
+    run_workers(workers, work, log=_log, grace=grace, on_stop=server.socket.close)
+    _log("cgikit: stopped")
+
+
+def _serve_here(server: HTTPServer, grace: float) -> None:
+    """One process: this one serves, until SIGTERM or SIGINT."""
     become_subreaper()
-    server, line = make_server(root, **options)
-    print(line, file=sys.stderr, flush=True)
     stop = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
     previous = {}
-    if main:  # signal handlers can only be set from the main thread
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the main thread only
+        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        _serve_until(server, stop, grace)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _serve_until(server: HTTPServer, stop: threading.Event, grace: float) -> None:
+    """Serve on a thread until ``stop``; shut down; kill the scripts left running."""
     thread = threading.Thread(target=server.serve_forever, name="cgikit-serve")
     thread.start()
     try:
         while thread.is_alive() and not stop.wait(0.5):
             pass
-        print("cgikit: shutting down", file=sys.stderr, flush=True)
+        _log("cgikit: shutting down")
     finally:
-        server.shutdown(SHUTDOWN_GRACE)
-        thread.join(SHUTDOWN_GRACE + 10.0)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        server.shutdown(grace)
+        thread.join(grace + 10.0)
+        kill_all(_log)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

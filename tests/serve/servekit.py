@@ -45,8 +45,13 @@ def copy_site(dest: Path, compile_c: bool = True) -> Path:
 class Server:
     """``python -m cgikit serve --port 0 ... ROOT`` as a child; ``stop()`` ends it by PID."""
 
-    def __init__(self, root: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    def __init__(
+        self, root: Path, *flags: str, env: dict[str, str] | None = None, keep_root: bool = True
+    ) -> None:
+        # As root, the server would become nobody, who cannot read a pytest temp dir:
+        # these tests keep root (tests/serve/test_serve_process.py covers the switch).
+        user = {"CGIKIT_USER": "root"} if keep_root and os.geteuid() == 0 else {}
+        full_env = {**os.environ, "PYTHONPATH": str(SRC), **user, **(env or {})}
         argv = [sys.executable, "-m", "cgikit", "serve", "--port", "0", *flags, str(root)]
         self.proc = subprocess.Popen(
             argv, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

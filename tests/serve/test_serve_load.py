@@ -3,8 +3,9 @@
 50 concurrent requests, 1,000 sequential ones (keep-alive and new connections), a 50 MiB
 streamed response with the server's memory growth bounded, clients that go away in the
 middle of a response (FIN and RST), a script that hangs past ``--timeout`` and one that
-crashes. After each, the server process is checked through /proc: the same number of open
-descriptors as before and no child process (a zombie is a child too). Linux only.
+crashes. After each, the server is checked through /proc: the same number of open
+descriptors as before in its processes (the master and its forked workers) and no other
+process under them (a zombie is a child too). Linux only.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MIB = 1 << 20
 BIG_BLOCKS = 800  # 800 x 64 KiB = 50 MiB
 BLOCK = 1 << 16
 RSS_LIMIT = 30 * MIB
+WORKERS = 2  # every server here runs this many worker processes
 
 TINY_SH = "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nok\\n'\n"
 # Sleeps so that the 50 requests really overlap (16 workers: about 4 rounds).
@@ -101,12 +103,38 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def settled(pid: int, fds_before: int) -> tuple[int, list[tuple[int, str]]]:
-    """The server's descriptor count and children once back to ``fds_before`` and none,
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def server_processes(server: Server) -> list[int]:
+    """The master and its workers (forked, not exec'd: the master's command line)."""
+    master = server.proc.pid
+    mine = cmdline(master)
+    kids = [pid for pid, state in children(master) if state != "Z" and cmdline(pid) == mine]
+    return [master, *sorted(kids)]
+
+
+def tree_fds(server: Server) -> int:
+    return sum(open_fds(pid) for pid in server_processes(server))
+
+
+def strays(server: Server) -> list[tuple[int, str]]:
+    """Every process under the server that is not one of its own: scripts, zombies."""
+    ours = server_processes(server)
+    return [kid for pid in ours for kid in children(pid) if kid[0] not in ours]
+
+
+def settled(server: Server, fds_before: int) -> tuple[int, list[tuple[int, str]]]:
+    """The server's descriptor count and strays once back to ``fds_before`` and none,
     or as they are after ``SETTLE`` seconds (50 polls at most)."""
     deadline = time.monotonic() + SETTLE
     for _ in range(50):
-        fds, kids = open_fds(pid), children(pid)
+        fds, kids = tree_fds(server), strays(server)
         if (fds <= fds_before and not kids) or time.monotonic() >= deadline:
             break
         time.sleep(SETTLE / 50)
@@ -115,16 +143,19 @@ def settled(pid: int, fds_before: int) -> tuple[int, list[tuple[int, str]]]:
 
 def baseline(server: Server) -> int:
     """The server's descriptor count at rest, after a warm-up request: the same count
-    twice 0.1 s apart and no child (``SETTLE`` seconds at most)."""
+    twice 0.1 s apart, every worker up and no stray (``SETTLE`` seconds at most)."""
     assert server.get("/cgi-bin/tiny.sh")[2] == b"ok\n"
-    pid, last = server.proc.pid, -1
+    last = -1
     for _ in range(int(SETTLE / 0.1)):
-        fds = open_fds(pid)
-        if fds == last and not children(pid):
+        fds = tree_fds(server)
+        if fds == last and not strays(server) and len(server_processes(server)) == 1 + WORKERS:
             return fds
         last = fds
         time.sleep(0.1)
-    raise AssertionError(f"the server does not settle: {open_fds(pid)} fds, {children(pid)}")
+    raise AssertionError(
+        f"the server does not settle: {tree_fds(server)} fds, {server_processes(server)}, "
+        f"strays {strays(server)}"
+    )
 
 
 def process_gone(pid: int, timeout: float) -> bool:
@@ -158,7 +189,7 @@ def read_pid(path: Path, timeout: float = 10.0) -> int:
 
 
 def assert_clean(server: Server, fds_before: int) -> None:
-    fds, kids = settled(server.proc.pid, fds_before)
+    fds, kids = settled(server, fds_before)
     assert (fds, kids) == (fds_before, [])
 
 
@@ -189,7 +220,7 @@ def pids(load_site: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def load_server(load_site: Path) -> Iterator[Server]:
-    running = Server(load_site)
+    running = Server(load_site, "--workers", str(WORKERS))
     try:
         yield running
     finally:
@@ -272,17 +303,18 @@ def expected_big() -> tuple[int, str]:
 
 def test_50_mib_response_streams_in_bounded_memory(load_site: Path) -> None:
     # A server of its own: its VmHWM then holds nothing of the other tests.
-    server = Server(load_site)
+    server = Server(load_site, "--workers", str(WORKERS))
     try:
-        pid = server.proc.pid
         fds_before = baseline(server)
-        rss_before = status_kib(pid, "VmRSS") * 1024
-        peak = [rss_before]
+        pids = server_processes(server)
+        rss_before = {pid: status_kib(pid, "VmRSS") * 1024 for pid in pids}
+        peak = dict(rss_before)
         done = threading.Event()
 
         def sample() -> None:
             for _ in range(6000):  # 5 ms apart: 30 s at most
-                peak[0] = max(peak[0], status_kib(pid, "VmRSS") * 1024)
+                for pid in pids:
+                    peak[pid] = max(peak[pid], status_kib(pid, "VmRSS") * 1024)
                 if done.wait(0.005):
                     return
 
@@ -304,13 +336,14 @@ def test_50_mib_response_streams_in_bounded_memory(load_site: Path) -> None:
             conn.close()
             done.set()
             sampler.join(5)
-        hwm_after = status_kib(pid, "VmHWM") * 1024
         assert (length, digest.hexdigest()) == expected_big()
-        growth = peak[0] - rss_before
-        print(f"RSS before {rss_before / MIB:.1f} MiB, sampled peak growth "
-              f"{growth / MIB:.1f} MiB, VmHWM after {hwm_after / MIB:.1f} MiB")  # fmt: skip
-        assert growth < RSS_LIMIT
-        assert hwm_after - rss_before < RSS_LIMIT  # the kernel's peak, between samples too
+        for pid in pids:  # the worker that served it, and the others
+            hwm_after = status_kib(pid, "VmHWM") * 1024
+            growth = peak[pid] - rss_before[pid]
+            print(f"{pid}: RSS before {rss_before[pid] / MIB:.1f} MiB, sampled peak growth "
+                  f"{growth / MIB:.1f} MiB, VmHWM after {hwm_after / MIB:.1f} MiB")  # fmt: skip
+            assert growth < RSS_LIMIT
+            assert hwm_after - rss_before[pid] < RSS_LIMIT  # the kernel's peak, between samples
         assert_clean(server, fds_before)
     finally:
         assert server.stop() == 0
@@ -357,7 +390,7 @@ def test_client_gone_mid_response_ends_the_script(
 
 
 def test_timeout_before_head_is_504_and_kills_the_group(load_site: Path, pids: Path) -> None:
-    server = Server(load_site, "--timeout", "1")
+    server = Server(load_site, "--timeout", "1", "--workers", str(WORKERS))
     try:
         fds_before = baseline(server)
         began = time.monotonic()

@@ -196,8 +196,9 @@ def test_cli_flags_are_the_options_table() -> None:
 
 def test_the_table_holds_every_host_option() -> None:
     names = [o.name for o in SERVE_OPTIONS]
-    assert names[:6] == ["bind", "port", "cgi_dir", "cgi_ext", "max_procs", "threads"]
-    assert names[6:] == [o.name for o in HOST_OPTIONS]
+    own = ["bind", "port", "cgi_dir", "cgi_ext", "max_procs", "threads", "workers", "grace", "user"]
+    assert names[: len(own)] == own
+    assert names[len(own) :] == [o.name for o in HOST_OPTIONS]
     assert len({o.env for o in SERVE_OPTIONS}) == len(SERVE_OPTIONS)
 
 
