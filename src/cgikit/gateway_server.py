@@ -1,0 +1,378 @@
+"""The listening side shared by cgikit's FastCGI and SCGI servers: address, socket, pool.
+
+Owns ``parse_address`` (the ``host:port``, ``[::1]:port`` and ``unix:/path`` forms of
+issue 4's ``--fastcgi``/``--scgi ADDR``), the listening socket (TCP with SO_REUSEADDR,
+or a Unix socket whose stale file is replaced, never a live one or a non-socket), and
+``GatewayServer``: a fixed pool of worker threads, each accepting and then serving one
+connection at a time, with a graceful ``shutdown`` as ``http_server.HTTPServer`` has.
+The protocols are the subclasses' (``fastcgi_server``, ``scgi_server``); the WSGI seam
+they share (environ from CGI variables, ``Response``) is ``wsgi_request`` and
+``wsgi_response``.
+
+A gateway has nothing like HTTP's 503 to give a web server it cannot serve yet, so a
+worker accepts only when it is free: a connection waits in the kernel's listen backlog,
+which is the backpressure, and with several processes on one socket (prefork, issue 4)
+a free process takes it. A web server's connection is closed with a FIN and a short,
+bounded drain of unread input, so the response is not destroyed by an RST (research:
+shared/research/fastcgi-anchors.md §5 P6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
+from cgikit.wsgi_response import ClientGone, FileWrapper, Response, serialize_cgi
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cgikit._typing import ErrorStream, WSGIApp
+
+__all__ = ["Address", "GatewayServer", "LogErrors", "listen", "parse_address"]
+
+_DRAIN_SECONDS: Final = 0.2  # reading a closed connection's unread input, at most
+_DRAIN_BYTES: Final = 1 << 20
+_ACCEPT_BACKOFF: Final = 0.1  # after EMFILE and the like, not to spin
+
+
+def _stderr_log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"[{stamp}] cgikit: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where to listen: ``path`` for a Unix socket, else ``host`` and ``port``."""
+
+    host: str = ""
+    port: int = 0
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``host:port``, ``[ipv6]:port`` or ``unix:/path`` as an Address.
+
+    Raises:
+        ValueError: none of those forms (a bare IPv6 address is ambiguous: bracket it).
+    """
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError(f"no socket path in {text!r}")
+        return Address(path=path)
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"only IPv6 addresses go in brackets: {text!r}")
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:9000: {text!r}")
+    if not colon or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"not host:port, [ipv6]:port or unix:/path: {text!r}")
+    return Address(host=host, port=int(port))
+
+
+def listen(address: Address, backlog: int = 128) -> socket.socket:
+    """A non-blocking listening socket on ``address`` (several threads poll it)."""
+    if address.path is not None:
+        _remove_stale_socket(address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: str | tuple[str, int] = address.path
+    else:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        target = (address.host, address.port)
+    try:
+        if address.path is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+        sock.listen(backlog)
+        # The thread (or process) that loses the race for a connection must get
+        # EAGAIN, not block in accept().
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket nobody listens on; refuse anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # a server died without cleaning up
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another server is listening there")
+
+
+class LogErrors:
+    """A ``wsgi.errors`` that sends each complete line to ``log``."""
+
+    def __init__(self, log: Callable[[str], object]) -> None:
+        self._log = log
+        self._partial = ""
+
+    def write(self, s: str) -> int:
+        lines = (self._partial + s).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log(line)
+        return len(s)
+
+    def writelines(self, seq: list[str]) -> None:
+        for s in seq:
+            self.write(s)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._log(self._partial)
+            self._partial = ""
+
+
+class GatewayServer:
+    """A pool of ``threads`` workers serving ``app`` on one listening socket.
+
+    ``address``: a string for ``parse_address``, an Address, or a listening socket
+    (taken over: fd 0 from a web server, systemd's). Bound when the constructor
+    returns; ``serve_forever`` serves until ``shutdown``. Subclasses implement
+    ``handle``. ``timeout`` bounds each read and write once a request has begun;
+    ``idle_timeout`` how long a connection may wait for its next request.
+    """
+
+    protocol = "gateway"
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        address: str | Address | socket.socket,
+        *,
+        threads: int = 8,
+        timeout: float = 60.0,
+        idle_timeout: float = 300.0,
+        log: Callable[[str], object] = _stderr_log,
+    ) -> None:
+        if type(threads) is not int or threads < 1:
+            raise ValueError(f"threads must be a positive int: {threads!r}")
+        if not (timeout > 0 and idle_timeout > 0):
+            raise ValueError("timeout and idle_timeout must be positive")
+        self.app, self.threads, self.log = app, threads, log
+        self.timeout, self.idle_timeout = timeout, idle_timeout
+        self._unlink: tuple[str, int] | None = None
+        if isinstance(address, socket.socket):
+            self.socket = address
+            self.socket.setblocking(False)
+        else:
+            if isinstance(address, str):
+                address = parse_address(address)
+            self.socket = listen(address)
+            if address.path is not None:
+                self._unlink = (address.path, os.stat(address.path).st_ino)
+        self.server_address: tuple[str, int] | str = self._bound_address()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._lock = threading.Lock()
+        self._active: set[socket.socket] = set()
+        self._stop_requested = threading.Event()
+        self._done = threading.Event()
+        self._serving = False
+        self._grace = 10.0
+
+    def _bound_address(self) -> tuple[str, int] | str:
+        name = self.socket.getsockname()
+        return name if isinstance(name, str) else (name[0], name[1])
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``shutdown`` was called: finish the request, take no new one."""
+        return self._stop_requested.is_set()
+
+    def environ_extras(self) -> dict[str, object]:
+        """PEP 3333 values for a long-running threaded server (build_environ sets CGI's)."""
+        return {"wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+
+    def handle(self, sock: socket.socket, peer: str) -> None:
+        """Serve one accepted connection; the caller closes it afterwards."""
+        raise NotImplementedError
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown``; then release the socket and the threads."""
+        with self._lock:
+            if self._serving or self.stopping:
+                raise RuntimeError("serve_forever() runs once per server")
+            self._serving = True
+        workers = [
+            threading.Thread(target=self._work, name=f"cgikit-{self.protocol}-{n}", daemon=True)
+            for n in range(self.threads)
+        ]
+        for worker in workers:
+            worker.start()
+        self._stop_requested.wait()
+        self._stop(workers)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting; let in-flight requests finish for up to ``timeout`` seconds.
+
+        Returns once ``serve_forever`` has returned (at once if it never ran).
+        Connections still busy after ``timeout`` are cut.
+        """
+        with self._lock:
+            self._grace = timeout
+            serving = self._serving
+            self._stop_requested.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")  # never read: every poll on it sees it readable
+        if serving:
+            self._done.wait(timeout + 5.0)
+        else:
+            self._close_sockets()
+
+    def __enter__(self) -> GatewayServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def wait_readable(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait for input on ``sock``; False on timeout or when the server stops."""
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+        return sock.fileno() in ready and not self.stopping
+
+    def respond(
+        self,
+        meta: Mapping[str, str],
+        wsgi_input: Callable[[int], bytes],
+        errors: ErrorStream,
+        send: Callable[[bytes], object],
+        log: Callable[[str], object],
+    ) -> None:
+        """Run the app for one request (CGI variables ``meta``); never raises for it."""
+        try:
+            length = content_length(meta)
+            environ = build_environ(meta, BoundedInput(wsgi_input, length), errors, length)
+        except EnvironError as exc:
+            log(f"cannot serve this request: {exc.reason}")
+            _answer(send, exc.status)
+            return
+        environ.update(self.environ_extras())
+        environ["wsgi.file_wrapper"] = FileWrapper
+        Response(environ, send, log).run(self.app)
+
+    # -- the workers ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        poller = select.poll()
+        poller.register(self.socket, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self.stopping:
+            ready = {fd for fd, _ in poller.poll()}
+            if self.stopping or self._wake_r.fileno() in ready:
+                return
+            try:
+                sock, addr = self.socket.accept()
+            except BlockingIOError:  # another worker or process took it
+                continue
+            except OSError as exc:  # EMFILE, ENOBUFS: back off rather than spin
+                self.log(f"accept failed: {exc}")
+                time.sleep(_ACCEPT_BACKOFF)
+                continue
+            self._serve(sock, _peer_name(addr))
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        with self._lock:
+            self._active.add(sock)
+        try:
+            sock.settimeout(self.timeout)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.handle(sock, peer)
+        except Exception as exc:  # a bug must not kill the worker; log it
+            self.log(f"{peer}: connection failed: {exc!r}")
+        finally:
+            with self._lock:
+                self._active.discard(sock)
+            _close(sock)
+
+    def _stop(self, workers: list[threading.Thread]) -> None:
+        self.socket.close()  # new clients get a refused connect (or wait elsewhere)
+        deadline = time.monotonic() + self._grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            busy = list(self._active)
+        for sock in busy:  # past the grace period: cut, so reads and writes fail
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for worker in workers:
+            worker.join(5.0)
+        self._close_sockets()
+        self._done.set()
+
+    def _close_sockets(self) -> None:
+        self.socket.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._unlink is not None:
+            path, inode = self._unlink
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:  # ours, not a successor's
+                    os.unlink(path)
+
+
+def _peer_name(addr: object) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return "unix"
+
+
+def _answer(send: Callable[[bytes], object], status: str) -> None:
+    """A plain-text error response for a request that cannot reach the app."""
+    body = status.encode("latin-1") + b"\n"
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    with contextlib.suppress(OSError, ClientGone):
+        send(serialize_cgi(status, headers) + body)
+
+
+def _close(sock: socket.socket) -> None:
+    """FIN, then read (bounded) what the peer still sends, then close (research §5 P6)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        drained = 0
+        while drained < _DRAIN_BYTES and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    sock.close()

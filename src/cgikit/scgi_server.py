@@ -1,0 +1,116 @@
+"""cgikit's SCGI server: a WSGI app behind nginx's ``scgi_pass`` (or any SCGI client).
+
+Owns the I/O around ``scgi_request.SCGIRequestParser`` (the sans-IO parser, which
+owns the netstring and the body's bounds): reading the socket when the parser needs
+data, and turning the one request of a connection into a WSGI call through the shared
+seam (``gateway_server.GatewayServer.respond``). The listener and the thread pool are
+``gateway_server``'s. Research: shared/research/fastcgi-anchors.md §4, §5 (SCGI).
+
+- One request per connection (SCGI item 7): the response is the CGI header block
+  (``Status:``, which nginx parses) and the body, written to the socket as the app
+  produces them; the connection's close ends it.
+- The environ comes from the headers decoded as latin-1 (PEP 3333); ``wsgi.input``
+  reads the socket only when the app reads, and ends at CONTENT_LENGTH (item 6; flup
+  handed over the raw socket, bug B5). A connection closed before the body's end
+  makes ``wsgi.input`` raise ClientDisconnected (research §9 item 3).
+- SCGI has no error channel: ``wsgi.errors`` lines go to the server's log.
+- A malformed request (``SCGIError``) gets a log line and a closed connection, no
+  response: the peer is not speaking SCGI, so it would not read one. A connection
+  closed before its first byte (a port probe, a health check) is not logged.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final
+
+from cgikit.gateway_server import GatewayServer, LogErrors
+from cgikit.scgi_request import (
+    NEED_DATA,
+    Body,
+    EndOfBody,
+    Event,
+    Headers,
+    IncompleteRequest,
+    SCGIError,
+    SCGIRequestParser,
+)
+from cgikit.wsgi_request import ClientDisconnected
+
+__all__ = ["SCGIServer"]
+
+_RECV: Final = 65536
+
+
+class SCGIServer(GatewayServer):
+    """Serve ``app`` over SCGI; arguments and lifecycle as ``GatewayServer``."""
+
+    protocol = "scgi"
+
+    def handle(self, sock: socket.socket, peer: str) -> None:
+        """Serve the one request of ``sock``."""
+        _SCGIConnection(self, sock, peer).serve()
+
+
+class _SCGIConnection:
+    def __init__(self, server: SCGIServer, sock: socket.socket, peer: str) -> None:
+        self.server, self.sock, self.peer = server, sock, peer
+        self.parser = SCGIRequestParser()
+        self.body = bytearray()  # received, not yet read by the app
+        self.body_done = False
+        self.gone = False  # the web server closed mid-body: nothing more is written
+
+    def log(self, message: str) -> None:
+        self.server.log(f"{self.peer}: scgi: {message}")
+
+    def serve(self) -> None:
+        # The first byte may be long in coming on a pre-opened connection; the request
+        # itself then has ``timeout`` per read.
+        if not self.server.wait_readable(self.sock, self.server.idle_timeout):
+            return
+        try:
+            event = self._next_event()
+        except IncompleteRequest as exc:
+            if exc.received:
+                self.log(f"incomplete request: {exc.reason}")
+            return
+        except SCGIError as exc:
+            self.log(f"bad request, closing the connection: {exc.reason}")
+            return
+        if not isinstance(event, Headers):  # the parser's first event is Headers
+            raise AssertionError(f"SCGI parser gave {event!r} before Headers")
+        meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.params.items()}
+        errors = LogErrors(self.log)
+        self.server.respond(meta, self._read_body, errors, self._send, self.log)
+        errors.flush()
+
+    def _next_event(self) -> Event:
+        while (event := self.parser.next_event()) is NEED_DATA:
+            try:
+                data = self.sock.recv(_RECV)
+            except OSError as exc:  # a timeout or a reset: the web server is gone for us
+                self.log(f"read failed: {exc}")
+                data = b""
+            self.parser.receive_data(data)
+        return event
+
+    def _read_body(self, size: int) -> bytes:
+        """``wsgi.input``'s source: up to ``size`` body bytes, b"" at the body's end."""
+        while not self.body and not self.body_done:
+            try:
+                event = self._next_event()
+            except SCGIError as exc:  # IncompleteRequest: the web server closed
+                self.gone = True
+                raise ClientDisconnected(exc.reason) from exc
+            if isinstance(event, Body):
+                self.body += event.data
+            elif isinstance(event, EndOfBody):
+                self.body_done = True
+        data = bytes(self.body[:size])
+        del self.body[:size]
+        return data
+
+    def _send(self, data: bytes) -> None:
+        if self.gone:  # not even the 500 for the app's ClientDisconnected
+            raise ClientDisconnected("the web server closed the connection")
+        self.sock.sendall(data)
