@@ -197,7 +197,11 @@ class Exchange:
         except BadRequest as exc:
             conn.send_error(exc.status, exc.reason)
             return False
-        response = _HTTPResponse(environ, self.send, conn.log, serialize=self.serialize)
+        # No Content-Type invented: a CGI host must pass a script's document on without
+        # one (RFC 3875 §6.3.1), and RFC 9110 §8.3 leaves the guess to the recipient.
+        response = _HTTPResponse(
+            environ, self.send, conn.log, serialize=self.serialize, default_content_type=None
+        )
         response.run(conn.app)
         keep = self.finish(response)
         length = self.body_sent if self.framing != "chunked" else response.body_bytes

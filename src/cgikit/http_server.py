@@ -91,6 +91,12 @@ class HTTPServer:
             if self._serving or self._stopping:
                 raise RuntimeError("serve_forever() runs once per server")
             self._serving = True
+            # A wake-up pair of this process's own: after a fork (prefork workers) the
+            # pair made in __init__ is shared, and one worker's shutdown would wake and
+            # stop them all.
+            self._wake_r.close()
+            self._wake_w.close()
+            self._wake_r, self._wake_w = socket.socketpair()
         workers = [
             threading.Thread(target=self._work, name=f"cgikit-http-{n}", daemon=True)
             for n in range(self.threads)
@@ -201,29 +207,36 @@ class HTTPServer:
                 _close(sock)
 
     def _next_connection(self) -> tuple[socket.socket, tuple[str, int]] | None:
+        """The next accepted connection; None once stopping with none left to serve.
+
+        Stopping, the queue is still served (each connection's request gets its answer,
+        with ``Connection: close``): a client whose connection was accepted must not see
+        it closed unanswered (a SIGHUP replacing workers would lose requests).
+        """
         with self._lock:
             while not self._queue and not self._stopping:
                 self._lock.wait()
-            if self._stopping or not self._queue:
+            if not self._queue:
                 return None
             item = self._queue.popleft()
             self._active.add(item[0])
             return item
 
     def _stop(self, workers: list[threading.Thread]) -> None:
-        """Close queued connections, wait for the workers within the grace period."""
+        """Stop accepting; the workers serve what is queued and in flight within the grace
+        period; then what is left is closed or cut."""
         self.socket.close()  # stop accepting first: new clients get a refused connect
         with self._lock:
             self._stopping = True
-            queued, self._queue = list(self._queue), collections.deque()
             self._lock.notify_all()
-        for sock, _ in queued:
-            _close(sock)
         deadline = time.monotonic() + self._grace
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
+        with self._lock:  # past the grace period: what is still queued is closed unserved
+            queued, self._queue = list(self._queue), collections.deque()
             busy = list(self._active)
+        for sock, _ in queued:
+            _close(sock)
         for sock in busy:  # past the grace period: cut, so sends and reads fail
             try:
                 sock.shutdown(socket.SHUT_RDWR)

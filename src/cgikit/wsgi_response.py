@@ -251,7 +251,7 @@ class Response:
         send: "Callable[[bytes], object]",
         log: "Callable[[str], object]",
         *,
-        default_content_type: str = DEFAULT_CONTENT_TYPE,
+        default_content_type: "str | None" = DEFAULT_CONTENT_TYPE,
         debug: bool = False,
         send_file: "Callable[[int, int, int], int] | None" = None,
         serialize: "Callable[[str, Headers], bytes]" = serialize_cgi,
@@ -416,10 +416,11 @@ class Response:
             headers = list(headers)
             if length is not None and self._declared is None:
                 headers.append(("Content-Length", str(length)))
-            if has_body and find_header(headers, "content-type") is None:
+            default = self._default_type
+            if has_body and default and find_header(headers, "content-type") is None:
                 # RFC 3875 §6.3.1: a body MUST come with a Content-Type.
-                self._log(f"app sent a body without Content-Type; sent {self._default_type}")
-                headers.append(("Content-Type", self._default_type))
+                self._log(f"app sent a body without Content-Type; sent {default}")
+                headers.append(("Content-Type", default))
                 headers.append(("X-Content-Type-Options", "nosniff"))
         self.headers_sent = True
         return self._serialize(self._status or "500 Internal Server Error", headers)

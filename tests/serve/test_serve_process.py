@@ -121,6 +121,9 @@ def test_sighup_replaces_every_worker_without_refusing_requests(server: Server) 
     after = wait_workers(server, 3)
     assert not set(after) & set(before)
     assert failures == []
+    time.sleep(1.0)  # the new set stays: no worker of it stops or dies
+    assert workers_of(server) == after
+    assert not [line for line in server.lines if re.search(r"worker \d+ (exited|was killed)", line)]
 
 
 def test_busy_workers_leave_new_connections_to_idle_ones(site: Path) -> None:

@@ -772,15 +772,9 @@ SECTION_5B = [
     # No reason given: the standard phrase.
     row("R7", target=b"/cgi-bin/r7.sh", status=404, reason="Not Found", content=b"send404\n"),
     # R7's script sends no Content-Type; cgi_host passes such a document on without one
-    # (RFC 3875 §6.3.1: the server SHOULD NOT guess). Under serve, the HTTP server's
-    # response driver adds one (wsgi_response's default for a WSGI app's body).
+    # (RFC 3875 §6.3.1: the server SHOULD NOT guess), and so does the HTTP server.
     row(
         "R7-no-content-type",
-        pytest.mark.xfail(
-            strict=True,
-            reason="serve adds Content-Type: application/octet-stream and "
-            "X-Content-Type-Options: nosniff to a CGI document that has no Content-Type",
-        ),
         target=b"/cgi-bin/r7.sh",
         status=404,
         fields={"content-type": None, "x-content-type-options": None},
