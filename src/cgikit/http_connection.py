@@ -249,13 +249,14 @@ class Exchange:
     def environ(self) -> Environ:
         """The PEP 3333 environ for the request (latin-1 "bytes as str")."""
         request, conn = self.request, self.conn
-        path, query = _split_target(request.target)
+        target, authority = _origin_form(request.target)
+        path, query = _split_target(target)
         meta = {
             "REQUEST_METHOD": request.method,
             "SCRIPT_NAME": "",
             "PATH_INFO": path,
             "QUERY_STRING": query,
-            "REQUEST_URI": request.target.decode("latin-1"),
+            "REQUEST_URI": target.decode("latin-1"),
             "SERVER_NAME": conn.server[0],
             "SERVER_PORT": str(conn.server[1]),
             "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
@@ -265,6 +266,8 @@ class Exchange:
             "GATEWAY_INTERFACE": "CGI/1.1",
         }
         meta.update(_header_variables(request.headers))
+        if authority is not None:  # RFC 9112 §3.2.2: the target's host, not Host's
+            meta["HTTP_HOST"] = authority.decode("latin-1")
         length = None if request.chunked else (request.content_length or 0)
         if length is None:
             self.body_done = False
@@ -391,17 +394,30 @@ class _HTTPResponse(Response):
         super().fail(exc_info)
 
 
+def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """The origin-form of a request-target and, for absolute-form, its authority.
+
+    RFC 9112 §3.2.2: a server MUST accept absolute-form (``http://host/path?q``), and
+    then MUST take the host from it, ignoring any Host field. Asterisk-form (§3.2.4,
+    OPTIONS only) comes back as is.
+    """
+    if target.startswith(b"/") or target == b"*":
+        return target, None
+    lowered = target[:8].lower()
+    if not lowered.startswith((b"http://", b"https://")):
+        raise BadRequest(400, "request target is not origin- or absolute-form")
+    rest = target.split(b"//", 1)[1]
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, origin = rest[:end], rest[end:]
+    if not origin.startswith(b"/"):
+        origin = b"/" + origin
+    return origin, authority.rpartition(b"@")[2]  # userinfo is not part of the host
+
+
 def _split_target(target: bytes) -> tuple[str, str]:
-    """PATH_INFO (percent-decoded, latin-1) and QUERY_STRING (raw) of a request-target."""
+    """PATH_INFO (percent-decoded, latin-1) and QUERY_STRING (raw) of an origin-form."""
     if target == b"*":  # RFC 9112 §3.2.4: asterisk-form, OPTIONS only
         return "*", ""
-    if not target.startswith(b"/"):
-        lowered = target[:8].lower()
-        if not lowered.startswith((b"http://", b"https://")):  # §3.2.2 absolute-form
-            raise BadRequest(400, "request target is not origin- or absolute-form")
-        rest = target.split(b"//", 1)[1]
-        slash = rest.find(b"/")
-        target = rest[slash:] if slash >= 0 else b"/"
     path, _, query = target.partition(b"?")
     path = path.partition(b"#")[0]
     return unquote_to_bytes(path).decode("latin-1"), query.decode("latin-1")

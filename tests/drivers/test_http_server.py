@@ -380,6 +380,33 @@ def test_absolute_form_target() -> None:
     assert body == b"GET /abs?q"
 
 
+def target_parts(environ: Env, start_response: StartResponse) -> Iterable[bytes]:
+    keys = ("REQUEST_URI", "PATH_INFO", "QUERY_STRING", "HTTP_HOST")
+    data = "|".join(environ.get(key, "-") for key in keys).encode("latin-1")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        # RFC 9112 §3.2.2: the origin-form is routed, the target's host replaces Host.
+        (b"http://example.org/a%20b?q=1", b"/a%20b?q=1|/a b|q=1|example.org"),
+        (b"HTTPS://user@example.org:8443/x", b"/x|/x||example.org:8443"),
+        (b"http://example.org", b"/|/||example.org"),
+        (b"http://example.org?q", b"/?q|/|q|example.org"),
+        (b"/plain?x", b"/plain?x|/plain|x|original"),
+    ],
+)
+def test_absolute_form_is_served_as_its_origin_form(target: bytes, expected: bytes) -> None:
+    with running(target_parts) as srv:
+        sock = srv.connect()
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: original\r\n\r\n")
+        status, _, body = read_response(sock)
+        sock.close()
+    assert (status.split()[1], body) == (b"200", expected)
+
+
 def test_idle_connection_closed() -> None:
     with running(hello, idle_timeout=0.3) as srv:
         sock = srv.connect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from email.utils import formatdate
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def test_python_wsgi_script_with_env_and_path_info(server: Server) -> None:
 def test_compiled_c_script(server: Server) -> None:
     status, _, body = server.get("/cgi-bin/hello?c=1")
     assert (status, body) == (200, b"Hello from C\nQUERY_STRING=c=1\n")
+
+
+@pytest.mark.parametrize("target", ["/index.html", "/cgi-bin/hello.py/a/b?q=1"])
+def test_absolute_form_target_is_served(server: Server, target: str) -> None:
+    # RFC 9112 §3.2.2: a server MUST accept absolute-form (what a proxy sends onwards).
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        # HTTP/1.0: the body is not chunked, so it compares byte for byte.
+        request = f"GET http://localhost:{server.port}{target} HTTP/1.0\r\nHost: x\r\n\r\n"
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(65536):  # bounded by the timeout and the close
+            data += chunk
+    _, _, direct = server.get(target)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n" + direct)
 
 
 def test_form_post_is_echoed(server: Server) -> None:
