@@ -17,6 +17,7 @@ No I/O: callers pass the variables, the body source and the error stream in.
 """
 
 from cgikit.wsgi_response import TOKEN_CHARS
+from cgikit.wsgi_response import ClientDisconnected as ClientDisconnected  # re-export
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -147,10 +148,6 @@ def build_environ(
 
 
 _CHUNK = 65536
-
-
-class ClientDisconnected(OSError):
-    """The body ended before CONTENT_LENGTH bytes arrived: the client went away."""
 
 
 class BoundedInput:

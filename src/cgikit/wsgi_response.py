@@ -194,6 +194,12 @@ class ClientGone(Exception):
     """Sending failed: the client (or the server in between) went away."""
 
 
+class ClientDisconnected(OSError):
+    """The request body ended early (short of CONTENT_LENGTH, or the peer aborted): the
+    client went away. Raised by ``wsgi.input``; lives here so that ``Response`` can tell
+    it from the app's own errors (wsgi_request re-exports it)."""
+
+
 # Never text/html: CVE-2020-24553 (Go's child defaulted to it and served attacker HTML).
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -335,7 +341,7 @@ class Response:
         try:
             try:
                 self._run(app)
-            except ClientGone:
+            except (ClientGone, ClientDisconnected):
                 raise
             except (Exception, SystemExit):  # the app's fault: a 500 and a log entry
                 self.fail(sys.exc_info())  # type: ignore[arg-type]
@@ -343,6 +349,9 @@ class Response:
             # Only a failed send lands here; an OSError of the app's own (its database
             # refused a connection, say) is an app error above, with its traceback.
             self._log(f"client went away before the response was complete ({exc.__cause__})")
+        except ClientDisconnected as exc:
+            # The app let wsgi.input's error through: no one is left to read a 500.
+            self._log(f"client went away while the app read the request body ({exc})")
 
     def _out(self, data: bytes) -> None:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cgikit.errorpage import GENERIC_BODY
-from cgikit.wsgi_response import Response
+from cgikit.wsgi_response import ClientDisconnected, Response
 from helpers_child import Out, assert_same_as_validated, make_environ, respond, split_response
 
 TEXT = [("Content-Type", "text/plain")]
@@ -293,3 +293,27 @@ def test_app_connection_error_after_headers_is_logged_with_traceback(error: OSEr
     assert out.sent == [b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\npartial"]
     assert "Traceback (most recent call last)" in out.logs[0]
     assert not any("went away" in line for line in out.logs)
+
+
+def test_a_client_gone_while_the_app_reads_is_no_app_error() -> None:
+    # wsgi.input raising ClientDisconnected (a short body, an aborted request) that the
+    # app lets through: nothing is sent (no one reads a 500), one line, no traceback.
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raise ClientDisconnected("request body ended 5 bytes short of CONTENT_LENGTH")
+
+    out = respond(app)
+    assert out.sent == []
+    assert out.logs == [
+        "client went away while the app read the request body "
+        "(request body ended 5 bytes short of CONTENT_LENGTH)"
+    ]
+
+
+def test_an_oserror_of_the_apps_own_is_still_a_500() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raise ConnectionRefusedError("the database is down")
+
+    out = respond(app)
+    assert b"".join(out.sent) == GENERIC_500
+    assert any("ConnectionRefusedError" in line for line in out.logs)
