@@ -41,7 +41,9 @@ class HTTPServer:
 
     The socket is bound and listening when the constructor returns, so
     ``server_address`` holds the real port; ``serve_forever`` then accepts until
-    ``shutdown``. Args are those of ``serve_http``.
+    ``shutdown``. Args are those of ``serve_http``, and ``sock``: a listening socket,
+    TCP or Unix, bound by the caller (``cgikit run --http``, systemd), served instead of
+    binding ``host``:``port``.
 
     Raises:
         ValueError: a limit is out of range.
@@ -61,6 +63,7 @@ class HTTPServer:
         max_header_bytes: int = 65536,
         max_body_bytes: int | None = None,
         log: Callable[[str], object] = _stderr_log,
+        sock: socket.socket | None = None,
     ) -> None:
         if type(threads) is not int or threads < 1:
             raise ValueError(f"threads must be a positive int: {threads!r}")
@@ -71,8 +74,12 @@ class HTTPServer:
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be >= 0: {queue_size!r}")
         self.limits = Limits(header_timeout, idle_timeout, max_header_bytes, max_body_bytes)
-        self.socket = _listen(host, port)
-        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        if sock is None:
+            self.socket = _listen(host, port)
+        else:  # a listening socket bound elsewhere (cgikit run, systemd): TCP or Unix
+            self.socket = sock
+            sock.setblocking(False)
+        self.server_address: tuple[str, int] = _peer(self.socket.getsockname(), "localhost")
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Condition()
         self._queue: collections.deque[tuple[socket.socket, tuple[str, int]]] = collections.deque()
@@ -155,13 +162,15 @@ class HTTPServer:
                 sock, addr = self.socket.accept()
             except OSError:  # EAGAIN (another process took it, a client gave up), EMFILE
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = _peer(addr, "unix")
             with self._lock:
                 if len(self._queue) < self.queue_size or self._idle_workers():
-                    self._queue.append((sock, addr[:2]))
+                    self._queue.append((sock, peer))
                     self._lock.notify()
                     continue
-            self._reject(sock, addr)
+            self._reject(sock, peer)
 
     def _idle_workers(self) -> bool:
         return len(self._active) + len(self._queue) < self.threads
@@ -268,6 +277,13 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _peer(name: object, unix: str) -> tuple[str, int]:
+    """A socket name as (host, port); a Unix socket's (a path, often empty) as (unix, 0)."""
+    if isinstance(name, tuple):
+        return name[0], name[1]
+    return unix, 0
 
 
 def _close(sock: socket.socket) -> None:
