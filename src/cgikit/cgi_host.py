@@ -49,6 +49,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import IO, Any
 from urllib.parse import quote
@@ -68,18 +69,39 @@ from cgikit.cgi_runner import ScriptRun, ScriptTimeout, run_script
 from cgikit.host_options import HOST_OPTIONS, HostSettings, host_settings
 from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_script
 
-__all__ = ["HOST_OPTIONS", "MAX_REDIRECTS", "BodyCut", "CGIHost"]
+__all__ = [
+    "HOST_OPTIONS",
+    "MAX_REDIRECTS",
+    "BodyCut",
+    "CGIHost",
+    "HostRequest",
+    "Launch",
+    "Refused",
+    "error_body",
+    "redirect_inside",
+]
 
 MAX_REDIRECTS = 5
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start the script of a request: ``argv`` in ``cwd`` with exactly ``env``."""
+
+    script: Script
+    argv: list[str]
+    env: dict[bytes, bytes]
+    cwd: str
+    nph: bool  # RFC 3875 §5: its output starts with an HTTP status line
+
+
 class BodyCut(Exception):
     """The script's output ended abnormally after its head: the response is incomplete."""
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The request gets an error response with ``status``; ``reason`` is logged."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -87,7 +109,7 @@ class _Refused(Exception):
         self.status, self.reason = status, reason
 
 
-class _Request:
+class HostRequest:
     """What the host takes from the environ; ``redirect`` makes the internal GET."""
 
     def __init__(self, environ: dict[str, Any], settings: HostSettings) -> None:
@@ -142,16 +164,16 @@ def _request_body(environ: dict[str, Any], max_body: int) -> RequestBody:
     text = environ.get("CONTENT_LENGTH", "").strip()
     if text:
         if not (text.isascii() and text.isdigit()):
-            raise _Refused(400, f"invalid CONTENT_LENGTH {text!r}")
+            raise Refused(400, f"invalid CONTENT_LENGTH {text!r}")
         if int(text) > max_body:
-            raise _Refused(413, f"a body of {text} bytes is over max_body ({max_body})")
+            raise Refused(413, f"a body of {text} bytes is over max_body ({max_body})")
         return RequestBody(stream, int(text))
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if not (chunked or environ.get("wsgi.input_terminated")):
         return RequestBody(None, -1)
     body = RequestBody.spool(stream, max_body)
     if body is None:
-        raise _Refused(413, f"a chunked body over max_body ({max_body} bytes)")
+        raise Refused(413, f"a chunked body over max_body ({max_body} bytes)")
     if body.length == 0 and not chunked:
         body.close()
         return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (RFC 3875 §4.1.2)
@@ -167,10 +189,16 @@ def _logger(environ: dict[str, Any]) -> Log:
     return log
 
 
-def _error(start_response: StartResponse, status: int, method: str) -> list[bytes]:
+def error_body(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The status line, fields and short generic body of the host's error answers."""
     reason = HTTPStatus(status).phrase
     body = f"{status} {reason}\n".encode("ascii")
-    start_response(f"{status} {reason}", [_TEXT, ("Content-Length", str(len(body)))])
+    return f"{status} {reason}", [_TEXT, ("Content-Length", str(len(body)))], body
+
+
+def _error(start_response: StartResponse, status: int, method: str) -> list[bytes]:
+    line, headers, body = error_body(status)
+    start_response(line, headers)
     return [] if method == "HEAD" else [body]
 
 
@@ -199,8 +227,8 @@ class CGIHost:
         log = _logger(environ)
         method = environ.get("REQUEST_METHOD", "GET")
         try:
-            request = _Request(environ, self.settings)
-        except (_Refused, UnsafePath, UnsafeHeader) as exc:
+            request = HostRequest(environ, self.settings)
+        except (Refused, UnsafePath, UnsafeHeader) as exc:
             log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
             return _error(start_response, exc.status, method)
         except UnicodeEncodeError as exc:  # not a PEP 3333 "bytes as str" environ
@@ -213,21 +241,21 @@ class CGIHost:
             raise
 
     def _dispatch(
-        self, request: _Request, start_response: StartResponse, log: Log
+        self, request: HostRequest, start_response: StartResponse, log: Log
     ) -> Iterable[bytes]:
         """Run the script for the request, following local redirects (RFC 3875 §6.2.2)."""
         method = request.method
         for hop in range(MAX_REDIRECTS + 1):
             try:
                 run, head, events, script = self._start(request, log)
-            except _Refused as exc:
+            except Refused as exc:
                 log(f"{request.uri}: {exc.reason}")
                 request.body.close()
                 return _error(start_response, exc.status, method)
             location = head.location or ""
             if head.kind != LOCAL_REDIRECT:
                 return self._respond(request, run, head, events, script, start_response)
-            if not self.settings.local_redirects or not _under(request, location):
+            if not self.settings.local_redirects or not redirect_inside(request, location):
                 return self._respond(request, run, head, events, script, start_response)
             run.close()
             if hop == MAX_REDIRECTS:
@@ -236,33 +264,47 @@ class CGIHost:
         log(f"{request.uri}: more than {MAX_REDIRECTS} local redirects in a row")
         return _error(start_response, 500, method)
 
-    def _start(self, request: _Request, log: Log) -> tuple[ScriptRun, Head, Iterator[Any], Script]:
-        """Find and start the script; run it up to its head."""
+    def prepare(self, request: HostRequest) -> Launch:
+        """Find the script for the request and its environment; nothing started yet.
+
+        Raises:
+            Refused: the path is unsafe or names no runnable script, or a variable is bad.
+        """
         try:
             rest = request.below_mount()
             if rest is None:
-                raise _Refused(404, "outside the mount point")
+                raise Refused(404, "outside the mount point")
             script = find_script(self.directory, rest, self.settings.run_python)
             meta = self._meta(request, rest, script)
         except (UnsafePath, UnsafeHeader) as exc:
-            raise _Refused(exc.status, exc.reason) from None
+            raise Refused(exc.status, exc.reason) from None
         except ValueError as exc:
-            raise _Refused(500, f"cannot build the environment: {exc}") from None
+            raise Refused(500, f"cannot build the environment: {exc}") from None
+        # RFC 3875 §7.2: the script's directory is its working directory (research G10).
+        cwd = os.path.dirname(script.filename)
+        return Launch(script, list(script.argv), to_environb(meta), cwd, _is_nph(script))
+
+    def _start(
+        self, request: HostRequest, log: Log
+    ) -> tuple[ScriptRun, Head, Iterator[Any], Script]:
+        """Find and start the script; run it up to its head."""
+        launch = self.prepare(request)
+        script = launch.script
         try:
             run = run_script(
-                list(script.argv),
-                to_environb(meta),
-                os.path.dirname(script.filename),  # RFC 3875 §7.2; research G10
+                launch.argv,
+                launch.env,
+                launch.cwd,
                 request.body,
                 timeout=self.settings.timeout,
                 idle_timeout=self.settings.idle_timeout,
                 log=log,
                 script_name=script.name,
-                parser=NphOutput() if _is_nph(script) else None,
+                parser=NphOutput() if launch.nph else None,
                 client_fd=_client_fd(request.environ),
             )
         except OSError as exc:  # logged by the runner
-            raise _Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None
+            raise Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None
         return run, *self._head(run, script), script
 
     @staticmethod
@@ -272,20 +314,20 @@ class CGIHost:
             first = next(events)
         except ScriptOutputError as exc:  # logged by the runner
             run.close()
-            raise _Refused(502, f"{script.name}: {exc.reason}") from None
+            raise Refused(502, f"{script.name}: {exc.reason}") from None
         except ScriptTimeout as exc:
             run.close()
-            raise _Refused(504, f"{script.name}: {exc.reason}") from None
+            raise Refused(504, f"{script.name}: {exc.reason}") from None
         except StopIteration:
             run.close()
             why = "the client went away" if run.client_gone else "no response"
-            raise _Refused(502, f"{script.name}: {why}") from None
+            raise Refused(502, f"{script.name}: {why}") from None
         if not isinstance(first, Head):
             run.close()
-            raise _Refused(502, f"{script.name}: no response head")
+            raise Refused(502, f"{script.name}: no response head")
         return first, events
 
-    def _meta(self, request: _Request, rest: list[str], script: Script) -> dict[str, str]:
+    def _meta(self, request: HostRequest, rest: list[str], script: Script) -> dict[str, str]:
         environ = request.environ
         all_segments = request.mount + rest
         script_name, path_info = split_script(all_segments, len(request.mount) + script.count)
@@ -318,7 +360,7 @@ class CGIHost:
 
     def _respond(
         self,
-        request: _Request,
+        request: HostRequest,
         run: ScriptRun,
         head: Head,
         events: Iterator[Any],
@@ -340,7 +382,7 @@ class CGIHost:
         return _ScriptBody(run, events, request.body, log, script.name, emit)
 
 
-def _under(request: _Request, location: str) -> bool:
+def redirect_inside(request: HostRequest, location: str) -> bool:
     """Whether a local redirect's path is below the mount point (else: 302)."""
     path = split_target(location.encode("latin-1"))[0]
     try:

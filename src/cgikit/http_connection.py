@@ -112,13 +112,19 @@ class Connection:
         self.parser = RequestParser(limits.max_header_bytes, limits.max_body_bytes)
         sock.settimeout(limits.idle_timeout)  # every send and body read (slow clients)
 
-    def serve(self) -> None:
-        """Answer requests until the client closes, an error, or shutdown."""
-        while (request := self._read_head()) is not None:
+    def serve(self, first: Request | None = None) -> None:
+        """Answer requests until the client closes, an error, or shutdown.
+
+        ``first`` is a request whose head ``parser`` has already given (an event loop
+        that read it hands the connection over here); its body is still in the parser.
+        """
+        request = first
+        while request is not None or (request := self._read_head()) is not None:
             exchange = Exchange(self, request)
             if not exchange.run():
                 return
             self.parser.start_next_request()
+            request = None
 
     def recv(self, timeout: float, *, idle: bool = False) -> bytes | None:
         """Bytes from the client (b"" at EOF), or None on timeout (or shutdown if idle)."""
@@ -249,25 +255,7 @@ class Exchange:
     def environ(self) -> Environ:
         """The PEP 3333 environ for the request (latin-1 "bytes as str")."""
         request, conn = self.request, self.conn
-        target, authority = _origin_form(request.target)
-        path, query = _split_target(target)
-        meta = {
-            "REQUEST_METHOD": request.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "REQUEST_URI": target.decode("latin-1"),
-            "SERVER_NAME": conn.server[0],
-            "SERVER_PORT": str(conn.server[1]),
-            "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
-            "SERVER_SOFTWARE": SERVER_SOFTWARE,
-            "REMOTE_ADDR": conn.remote[0],
-            "REMOTE_PORT": str(conn.remote[1]),
-            "GATEWAY_INTERFACE": "CGI/1.1",
-        }
-        meta.update(_header_variables(request.headers))
-        if authority is not None:  # RFC 9112 §3.2.2: the target's host, not Host's
-            meta["HTTP_HOST"] = authority.decode("latin-1")
+        meta = request_meta(request, conn.remote, conn.server)
         length = None if request.chunked else (request.content_length or 0)
         if length is None:
             self.body_done = False
@@ -323,32 +311,11 @@ class Exchange:
 
     def serialize(self, status: str, headers: Headers) -> bytes:
         """The status line and fields (RFC 9112 §4), with the framing this server adds."""
-        code = int(status[:3])
         request = self.request
-        fields = list(headers)
-        length = find_header(fields, "content-length")
-        if request.method == "HEAD" or code in NO_BODY_STATUSES:
-            self.framing = "none"
-        elif length is not None:
-            self.framing, self.expected = "length", int(length)
-        elif request.version == (1, 1):
-            self.framing = "chunked"
-            fields.append(("Transfer-Encoding", "chunked"))
-        else:
-            self.framing = "close"  # RFC 9112 §6.3 rule 8: the close delimits the body
-        if self.conn.stopping():  # a graceful shutdown: this response is the last
-            self.keep_alive = False
-        if self.framing == "close" or not self.keep_alive:
-            self.keep_alive = False
-            fields.append(("Connection", "close"))
-        elif request.version == (1, 0):
-            fields.append(("Connection", "keep-alive"))
-        if find_header(fields, "date") is None:  # RFC 9110 §6.6.1: an origin MUST send it
-            fields.insert(0, ("Date", http_date(time.gmtime()[:7])))
-        if find_header(fields, "server") is None:
-            fields.insert(1, ("Server", SERVER_SOFTWARE))
-        lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
-        head = f"HTTP/1.1 {status}\r\n{lines}\r\n".encode("latin-1")
+        keep = self.keep_alive and not self.conn.stopping()  # a shutdown: the last one
+        head, self.framing, self.keep_alive, self.expected = frame_head(
+            status, headers, request.method, request.version, keep
+        )
         self.status, self.head_len = status, len(head)
         return head
 
@@ -392,6 +359,72 @@ class _HTTPResponse(Response):
             return
         self.broken = self.headers_sent  # the body is incomplete: only a close tells
         super().fail(exc_info)
+
+
+def frame_head(
+    status: str, headers: Headers, method: str, version: tuple[int, int], keep_alive: bool
+) -> tuple[bytes, str, bool, int | None]:
+    """A response head with the framing this server adds (RFC 9112 §6.3), and that
+    framing: ``(head, framing, keep_alive, expected)``.
+
+    ``framing`` is "length" (the fields' Content-Length, ``expected``), "chunked"
+    (HTTP/1.1, §7.1), "close" (HTTP/1.0: the close delimits the body, §6.3 rule 8) or
+    "none" (HEAD, 1xx, 204, 304: RFC 9110 §6.4.1). Date and Server are added when the
+    fields lack them (RFC 9110 §6.6.1: an origin MUST send Date).
+    """
+    fields = list(headers)
+    length = find_header(fields, "content-length")
+    expected: int | None = None
+    if method == "HEAD" or int(status[:3]) in NO_BODY_STATUSES:
+        framing = "none"
+    elif length is not None:
+        framing, expected = "length", int(length)
+    elif version == (1, 1):
+        framing = "chunked"
+        fields.append(("Transfer-Encoding", "chunked"))
+    else:
+        framing = "close"
+    if framing == "close" or not keep_alive:
+        keep_alive = False
+        fields.append(("Connection", "close"))
+    elif version == (1, 0):
+        fields.append(("Connection", "keep-alive"))
+    if find_header(fields, "date") is None:
+        fields.insert(0, ("Date", http_date(time.gmtime()[:7])))
+    if find_header(fields, "server") is None:
+        fields.insert(1, ("Server", SERVER_SOFTWARE))
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return f"HTTP/1.1 {status}\r\n{lines}\r\n".encode("latin-1"), framing, keep_alive, expected
+
+
+def request_meta(
+    request: Request, remote: tuple[str, int], server: tuple[str, int]
+) -> dict[str, str]:
+    """The CGI-style variables of a request (RFC 3875 §4.1), for ``build_environ``.
+
+    Raises:
+        BadRequest: a request-target that is neither origin- nor absolute-form.
+    """
+    target, authority = _origin_form(request.target)
+    path, query = _split_target(target)
+    meta = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "REQUEST_URI": target.decode("latin-1"),
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        "REMOTE_ADDR": remote[0],
+        "REMOTE_PORT": str(remote[1]),
+        "GATEWAY_INTERFACE": "CGI/1.1",
+    }
+    meta.update(_header_variables(request.headers))
+    if authority is not None:  # RFC 9112 §3.2.2: the target's host, not Host's
+        meta["HTTP_HOST"] = authority.decode("latin-1")
+    return meta
 
 
 def _origin_form(target: bytes) -> tuple[bytes, bytes | None]:

@@ -207,6 +207,12 @@ class RequestParser:
             self._buffer.clear()
             raise
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out (after a Request: body bytes, and any
+        pipelined request after them)."""
+        return len(self._buffer)
+
     def start_next_request(self) -> None:
         """After EndOfMessage, read the next request on the connection (keep-alive).
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 from cgikit.http_connection import Connection, Limits, error_response
+from cgikit.http_request import Request, RequestParser
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["HTTPServer", "serve_http"]
 
 _REJECT_LINGER: Final = 0.1  # seconds spent reading a refused client's request before close
+
+
+# An accepted connection waiting for a worker: the socket, the client's address, and,
+# for one an event loop hands over, its parser and the request whose head it has read.
+Queued = tuple[socket.socket, tuple[str, int], "tuple[RequestParser, Request] | None"]
 
 
 def _stderr_log(message: str) -> None:
@@ -82,7 +88,7 @@ class HTTPServer:
         self.server_address: tuple[str, int] = _peer(self.socket.getsockname(), "localhost")
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Condition()
-        self._queue: collections.deque[tuple[socket.socket, tuple[str, int]]] = collections.deque()
+        self._queue: collections.deque[Queued] = collections.deque()
         self._active: set[socket.socket] = set()
         self._stopping = False
         self._done = threading.Event()
@@ -167,7 +173,7 @@ class HTTPServer:
             peer = _peer(addr, "unix")
             with self._lock:
                 if len(self._queue) < self.queue_size or self._idle_workers():
-                    self._queue.append((sock, peer))
+                    self._queue.append((sock, peer, None))
                     self._lock.notify()
                     continue
             self._reject(sock, peer)
@@ -196,9 +202,9 @@ class HTTPServer:
 
     def _work(self) -> None:
         while (item := self._next_connection()) is not None:
-            sock, addr = item
+            sock, addr, resumed = item
             try:
-                Connection(
+                conn = Connection(
                     sock,
                     addr,
                     self.server_address,
@@ -207,7 +213,12 @@ class HTTPServer:
                     self.log,
                     lambda: self._stopping,
                     self._wake_r.fileno(),
-                ).serve()
+                )
+                if resumed is None:
+                    conn.serve()
+                else:
+                    conn.parser = resumed[0]
+                    conn.serve(resumed[1])
             except Exception as exc:  # a bug must not kill the worker; log it
                 self.log(f"{addr[0]}:{addr[1]} connection failed: {exc!r}")
             finally:
@@ -215,7 +226,7 @@ class HTTPServer:
                     self._active.discard(sock)
                 _close(sock)
 
-    def _next_connection(self) -> tuple[socket.socket, tuple[str, int]] | None:
+    def _next_connection(self) -> Queued | None:
         """The next accepted connection; None once stopping with none left to serve.
 
         Stopping, the queue is still served (each connection's request gets its answer,
@@ -244,7 +255,7 @@ class HTTPServer:
         with self._lock:  # past the grace period: what is still queued is closed unserved
             queued, self._queue = list(self._queue), collections.deque()
             busy = list(self._active)
-        for sock, _ in queued:
+        for sock, _, _ in queued:
             _close(sock)
         for sock in busy:  # past the grace period: cut, so sends and reads fail
             try:

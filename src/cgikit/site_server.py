@@ -38,7 +38,8 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cgikit import Option, resolve
@@ -178,6 +179,29 @@ class Dispatcher:
             return _answer(start_response, "404 Not Found", environ)
         return self.static(environ, start_response)
 
+    def fast_route(self, uri: str) -> FastRoute | None:
+        """The CGI directory mount a request-target goes to, with a script slot taken.
+
+        For the event-driven path (``loop_server``): None when the request is anything
+        else (``cgi_ext``, static, an unsafe path: the WSGI path answers it) or when
+        ``max_procs`` has no free slot now (the WSGI path waits for one).
+        """
+        try:
+            segments = normalize_target(split_target(uri.encode("latin-1"))[0])
+        except (UnsafePath, UnicodeEncodeError):
+            return None
+        for prefix, url, host in self.mounts:
+            if segments[: len(prefix)] == prefix:
+                release = _no_slot
+                if self._slots is not None:
+                    if not self._slots.acquire(blocking=False):
+                        return None
+                    release = self._slots.release
+                return FastRoute(
+                    host, url, "".join("/" + s for s in segments[len(prefix) :]), release
+                )
+        return None
+
     def _ext_script(self, segments: list[str]) -> bool:
         """Whether the walk to the path reaches a regular file with a ``cgi_ext``."""
         path = self.static.root
@@ -224,6 +248,21 @@ class Dispatcher:
             slots.release()
             raise
         return _Holding(result, slots)
+
+
+@dataclass(frozen=True, slots=True)
+class FastRoute:
+    """A request routed to a CGI directory: its host, mount URL and path below it;
+    ``release`` gives the script slot back once the response is done."""
+
+    host: CGIHost
+    mount: str
+    rest: str
+    release: Callable[[], object]
+
+
+def _no_slot() -> None:
+    pass
 
 
 class _Holding:

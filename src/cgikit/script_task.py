@@ -1,0 +1,324 @@
+"""One CGI script run on an event loop: the event-driven twin of ``cgi_runner``.
+
+``ScriptTask`` spawns a script (``process_group.spawn``: its own session and group),
+writes the request body (already in memory) to its stdin, and feeds its stdout to a
+``cgi_output`` parser as the loop says the pipes are ready, calling its owner back:
+``script_head(Head)``, ``script_body(bytes)`` for each chunk, then exactly one
+``script_end(error)``: None when the output ended and the script exited, else
+``(status, reason)``: 502 for malformed or missing output, 504 for a timeout before
+the head (after it, the owner cuts the body). The same rules as the threaded runner:
+
+- stdin, stdout, stderr and the exit (a pidfd) are watched together, so a script that
+  writes before it reads cannot deadlock (research R18); a script that stops reading
+  its stdin just loses the rest of the body (CVE-2014-0231).
+- ``timeout`` bounds the whole run; ``idle_timeout`` the silence on stdout while the
+  task waits for it (not while the owner holds it back with ``pause``: the client's
+  slowness is not the script's).
+- Once stdout is at EOF the script gets ``kill_grace`` to exit; the response ends when
+  it has (so the exit status is logged before the access line, as on the threaded path).
+- Whatever ends the run, the process group is gone afterwards. Killing waits (SIGTERM,
+  grace, SIGKILL), so it happens on a short-lived thread, never on the loop; so do the
+  stderr drain and the status line of a killed script. Ending normally costs no thread.
+
+Stderr lines go to the log prefixed with the script's name (``stderr_log``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Final, Protocol
+
+from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
+from cgikit.event_loop import READ, WRITE, Loop, Timer
+from cgikit.process_group import ProcessGroup, spawn
+from cgikit.stderr_log import StderrLog
+
+__all__ = ["ScriptOwner", "ScriptTask"]
+
+READ_SIZE: Final = 65536
+_STDERR_DRAIN: Final = 64  # reads of a dead group's stderr pipe, at most
+
+
+class ScriptOwner(Protocol):
+    """What a task reports to: the request it answers."""
+
+    def script_head(self, head: Head) -> None: ...
+    def script_body(self, data: bytes) -> None: ...
+    def script_end(self, error: tuple[int, str] | None) -> None: ...
+
+
+class ScriptTask:
+    """A running script (module docstring). ``limits`` = (timeout, idle, kill_grace).
+
+    Raises (from the constructor):
+        OSError: the script cannot be started (logged).
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        launch: tuple[Sequence[str], dict[bytes, bytes], str],
+        body: bytes,
+        parser: ScriptOutput,
+        owner: ScriptOwner,
+        log: Callable[[str], None],
+        name: str,
+        limits: tuple[float, float, float],
+    ) -> None:
+        argv, env, cwd = launch
+        self._loop, self._parser, self._owner, self._log, self.name = loop, parser, owner, log, name
+        self._timeout, self._idle, self._grace = limits
+        try:
+            proc = spawn(argv, env, cwd)
+        except OSError as exc:
+            log(f"{name}: cannot start: {exc}")
+            raise
+        self.group = ProcessGroup(proc, self._grace, log, name)
+        self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
+        self._stderr_log = StderrLog(log, name)
+        self._pending = memoryview(body)
+        self.head: Head | None = None
+        self.ended = self._paused = self._output_done = False
+        self.killed: str | None = None
+        now = time.monotonic()
+        self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
+        self._timer: Timer | None = None
+        self._pidfd: int | None = None
+        self._watch()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        for stream in (self._stdin, self._stdout, self._stderr):
+            os.set_blocking(_fd(stream), False)
+        self._loop.add(_fd(self._stdout), READ, self._on_stdout)
+        self._loop.add(_fd(self._stderr), READ, self._on_stderr)
+        try:
+            self._pidfd = os.pidfd_open(self.group.pid)
+        except (AttributeError, OSError):  # no pidfd (not Linux): poll with the timer
+            self._pidfd = None
+        else:
+            self._loop.add(self._pidfd, READ, self._on_exit)
+        self._feed_stdin(WRITE)
+        self._arm()
+
+    def _arm(self) -> None:
+        """The timer at the next deadline (or soon, to poll the exit without a pidfd)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        when = self._deadline
+        if self._stdout is not None and not self._paused:
+            when = min(when, self._idle_deadline)
+        if self._pidfd is None:
+            when = min(when, time.monotonic() + 0.05)
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    # -- the owner's side ----------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop reading stdout (the client is not taking the body fast enough)."""
+        if not self._paused and not self.ended:
+            self._paused = True
+            if self._stdout is not None:
+                self._loop.remove(self._stdout.fileno())
+
+    def resume(self) -> None:
+        if self._paused and not self.ended:
+            self._paused = False
+            self._idle_deadline = time.monotonic() + self._idle  # the wait was the client's
+            if self._stdout is not None:
+                self._loop.add(self._stdout.fileno(), READ, self._on_stdout)
+            self._arm()
+            self._events()
+
+    def abort(self, why: str) -> None:
+        """End the run now (the client went away, the server stops): no more callbacks."""
+        self._end(why)
+
+    # -- the pipes -----------------------------------------------------------------------
+
+    def _feed_stdin(self, mask: int) -> None:
+        stdin = self._stdin
+        if stdin is None:
+            return
+        try:
+            while self._pending:
+                self._pending = self._pending[os.write(stdin.fileno(), self._pending) :]
+        except BlockingIOError:
+            self._loop.modify(stdin.fileno(), WRITE, self._feed_stdin)
+            return
+        except BrokenPipeError:  # the script closed stdin or exited: not an error
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            self._loop.remove(self._stdin.fileno())
+            self._stdin.close()
+            self._stdin, self._pending = None, memoryview(b"")
+
+    def _on_stdout(self, mask: int) -> None:
+        stdout = self._stdout
+        if stdout is None:
+            return
+        try:
+            data = os.read(stdout.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        self._idle_deadline = time.monotonic() + self._idle
+        if not data:
+            self._loop.remove(stdout.fileno())
+            stdout.close()
+            self._stdout = None
+        try:
+            self._parser.receive_data(data)
+        except ScriptOutputError as exc:
+            self._malformed(exc)
+            return
+        self._events()
+
+    def _events(self) -> None:
+        """Hand the parser's events to the owner while it takes them."""
+        while not (self.ended or self._paused or self._output_done):
+            try:
+                event = self._parser.next_event()
+            except ScriptOutputError as exc:
+                self._malformed(exc)
+                return
+            if isinstance(event, NeedData):
+                return
+            if isinstance(event, Head):
+                self.head = event
+                self._owner.script_head(event)
+            elif isinstance(event, EndOfOutput):
+                self._output_done = True
+                self._settle()
+            else:
+                self._owner.script_body(event.data)
+
+    def _on_stderr(self, mask: int) -> None:
+        stderr = self._stderr
+        if stderr is None:
+            return
+        try:
+            data = os.read(stderr.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self._stderr_log.feed(data)
+            return
+        self._loop.remove(stderr.fileno())
+        stderr.close()
+        self._stderr = None
+        self._stderr_log.flush()
+
+    def _on_exit(self, mask: int = READ) -> None:
+        """The script exited: reap it; what it left in its group is killed."""
+        self.group.reap()
+        self._close_pidfd()
+        if self.group.alive():  # a grandchild would hold the pipes open
+            self._log(f"{self.name}: exited, leaving processes in its group; killing them")
+            _in_background(self.group.kill)
+        self._close_stdin()
+        self._settle()
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """The output is whole and the script gone: the run is complete."""
+        if self._output_done and self.group.returncode is not None and not self.ended:
+            self._end(None)
+            self._owner.script_end(None)
+        elif self._output_done:
+            self._deadline = min(self._deadline, time.monotonic() + self._grace)
+            self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.ended:
+            return
+        if self._pidfd is None and self.group.returncode is None and self.group.exited():
+            self._on_exit()
+            if self.ended:
+                return
+        now = time.monotonic()
+        if now >= self._deadline:
+            if self._output_done:
+                self._end("still running after its output ended")
+                self._owner.script_end(None)
+                return
+            self._fail(504, f"still running after {self._timeout:g} s (timeout)")
+        elif self._stdout is not None and not self._paused and now >= self._idle_deadline:
+            self._fail(504, f"no output for {self._idle:g} s (idle timeout)")
+        else:
+            self._arm()
+
+    def _malformed(self, exc: ScriptOutputError) -> None:
+        self._log(f"{self.name}: malformed CGI output: {exc.reason}")
+        self._fail(502, exc.reason, why="malformed output")
+
+    def _fail(self, status: int, reason: str, why: str | None = None) -> None:
+        self._end(why or reason)
+        self._owner.script_end((status, reason))
+
+    def _end(self, why: str | None) -> None:
+        """Stop watching; kill the group if anything of it is left; log how it ended."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        stderr = self._stderr
+        streams = [s for s in (self._stdin, self._stdout, stderr) if s is not None]
+        for stream in streams:
+            self._loop.remove(stream.fileno())
+        self._close_pidfd()
+        self._stdin = self._stdout = self._stderr = None
+        group = self.group
+        if group.returncode is None or group.alive():
+            self.killed = why or "output abandoned"
+            self._log(f"{self.name}: {self.killed}; killing its process group")
+            _in_background(lambda: self._bury(streams, stderr, kill=True))
+        else:
+            self._bury(streams, stderr, kill=False)
+
+    def _bury(self, streams: list[IO[bytes]], stderr: IO[bytes] | None, *, kill: bool) -> None:
+        """Kill (maybe), log the stderr left and the exit status, close the pipes."""
+        try:
+            if kill:
+                self.group.kill()
+            for _ in range(_STDERR_DRAIN if stderr is not None else 0):
+                try:  # bounded: a process that escaped the group may still write
+                    data = os.read(stderr.fileno(), READ_SIZE)  # type: ignore[union-attr]
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._stderr_log.feed(data)
+        finally:
+            for stream in streams:
+                stream.close()
+            self._stderr_log.flush()
+            self.group.log_status(self.killed)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def _fd(stream: IO[bytes] | None) -> int:
+    if stream is None:
+        raise RuntimeError("Popen gave no pipe")
+    return stream.fileno()
+
+
+def _in_background(work: Callable[[], None]) -> None:
+    """Blocking clean-up (a group kill waits up to its grace) off the loop's thread."""
+    with contextlib.suppress(RuntimeError):  # interpreter shutdown: kill_all does it
+        threading.Thread(target=work, name="cgikit-reaper", daemon=True).start()
