@@ -10,6 +10,7 @@ from pathlib import Path
 import cgikit
 from cgikit import RUN_OPTIONS, resolve
 from cgikit.cli import build_parser
+from cgikit.gateway_options import GATEWAY_OPTIONS, PROTOCOLS
 from helpers_child import SRC, TIMEOUT
 
 
@@ -23,7 +24,8 @@ def test_run_keywords_are_the_options_table() -> None:
 def test_cli_flags_are_the_options_table() -> None:
     run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
     flags = {s for a in run._actions for s in a.option_strings if s not in ("-h", "--help")}
-    assert flags == {o.flag for o in RUN_OPTIONS}
+    gateway = {o.flag for o in GATEWAY_OPTIONS} | {f"--{p}" for p in PROTOCOLS}
+    assert flags == {o.flag for o in RUN_OPTIONS} | gateway
 
 
 def test_precedence_keyword_then_env_then_default() -> None:

@@ -15,7 +15,9 @@ this module plus two, none of them importing ``re``, ``typing``, ``dataclasses``
                    and the start_response/iterable driver (no I/O)
 
 and, off that path, ``terminal`` (one request emulated from a terminal's argv) and
-``cli``. Later gateways (FastCGI, SCGI) are long-running and get modules of their own.
+``cli``. The long-running gateways (FastCGI, SCGI, HTTP: ``run_gateway``) have modules
+of their own, ``gateway_run`` first, imported only when there is no CGI environment and
+a launcher handed this process a listening socket (``run_auto``), or when asked for.
 """
 
 import os
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 if "GATEWAY_INTERFACE" in os.environ:
     os.environ.pop("HTTP_PROXY", None)
 __all__ = [
+    "GATEWAY_OPTIONS",
     "RUN_OPTIONS",
     "CGIHandler",
     "CGIHost",
@@ -38,6 +41,7 @@ __all__ = [
     "__version__",
     "run",
     "run_auto",
+    "run_gateway",
 ]
 
 TYPE_CHECKING = False
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 
     from cgikit._typing import Headers, WSGIApp
     from cgikit.cgi_host import CGIHost
+    from cgikit.gateway_options import GATEWAY_OPTIONS
+    from cgikit.gateway_run import run_gateway
     from cgikit.wsgi_response import FileWrapper, Response
 
 
@@ -155,8 +161,12 @@ def run(
 ) -> None:
     """Serve ``app`` through whatever gateway started this process.
 
-    Under a CGI server (``GATEWAY_INTERFACE`` set) it answers exactly one request. From a
-    terminal it emulates one request from ``argv`` (``./app.cgi [METHOD] [PATH?QUERY]``).
+    Under a CGI server (``GATEWAY_INTERFACE`` set) it answers exactly one request.
+    Started on a listening socket (fd 0, as mod_fcgid, lighttpd's ``bin-path`` and
+    spawn-fcgi do, or by systemd socket activation) it serves FastCGI there until
+    SIGTERM (``CGIKIT_GATEWAY=scgi`` or ``http`` for another protocol; the
+    ``GATEWAY_OPTIONS`` from their ``CGIKIT_*`` variables). From a terminal it emulates
+    one request from ``argv`` (``./app.cgi [METHOD] [PATH?QUERY]``).
 
     Args:
         app: a PEP 3333 application.
@@ -182,22 +192,44 @@ def run(
 
 
 def run_auto(
-    app: "WSGIApp", args: list[str] | None = None, script: str | None = None, **given: object
+    app: "WSGIApp",
+    args: list[str] | None = None,
+    script: str | None = None,
+    gateway: "Mapping[str, object] | None" = None,
+    **given: object,
 ) -> int:
     """Serve ``app`` with the gateway that started this process; return an exit status.
 
-    A CGI server sets GATEWAY_INTERFACE (RFC 3875 §4.1.4); anyone else is a person at a
-    terminal, who gets one request emulated from ``args`` (default ``sys.argv[1:]``) for
-    ``script`` (default ``sys.argv[0]``).
-    ``given`` holds option keywords (cgikit.options); None means "not given".
+    A CGI server sets GATEWAY_INTERFACE (RFC 3875 §4.1.4): one request. Else a launcher
+    may have handed over a listening socket (fd 0 as FastCGI's spawners do, or systemd's
+    LISTEN_FDS): a server on it until SIGTERM, with the ``gateway`` options
+    (cgikit.gateway_run). Anyone else is a person at a terminal, who gets one request
+    emulated from ``args`` (default ``sys.argv[1:]``) for ``script`` (default
+    ``sys.argv[0]``). ``given`` holds ``RUN_OPTIONS`` keywords; None means "not given".
     """
     options = resolve(RUN_OPTIONS, given, os.environ)
     if "GATEWAY_INTERFACE" in os.environ:
         serve_process(app, options)
         return 0
+    if _maybe_launched_on_socket():
+        from cgikit.gateway_run import serve_inherited
+
+        status = serve_inherited(app, gateway or {})
+        if status is not None:
+            return status
     from cgikit.terminal import emulate
 
     return emulate(app, sys.argv[1:] if args is None else args, options, script)
+
+
+def _maybe_launched_on_socket() -> bool:
+    """Cheap, importing nothing: LISTEN_PID names this process, or fd 0 is a socket."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):
+        return True
+    try:
+        return (os.fstat(0).st_mode & 0o170000) == 0o140000  # S_IFMT, S_IFSOCK
+    except OSError:  # no fd 0 at all
+        return False
 
 
 class CGIHandler:
@@ -208,7 +240,7 @@ class CGIHandler:
 
     def run(self, application: "WSGIApp") -> None:
         """Serve one request with ``application`` (same as ``cgikit.run``)."""
-        status = run_auto(application, None, None, **self.options)
+        status = run_auto(application, None, None, None, **self.options)
         if status:
             raise SystemExit(status)
 
@@ -219,7 +251,7 @@ IISCGIHandler = CGIHandler
 
 
 def __getattr__(name: str) -> object:
-    # Imported on first use: neither is on the CGI child's path.
+    # Imported on first use: none is on the CGI child's path.
     if name == "FileWrapper":
         from cgikit.wsgi_response import FileWrapper
 
@@ -228,6 +260,14 @@ def __getattr__(name: str) -> object:
         from cgikit.cgi_host import CGIHost
 
         return CGIHost
+    if name == "run_gateway":
+        from cgikit.gateway_run import run_gateway
+
+        return run_gateway
+    if name == "GATEWAY_OPTIONS":
+        from cgikit.gateway_options import GATEWAY_OPTIONS
+
+        return GATEWAY_OPTIONS
     raise AttributeError(f"module 'cgikit' has no attribute {name!r}")
 
 

@@ -1,8 +1,10 @@
 """The ``cgikit`` command line. Flags come from the options tables.
 
 ``cgikit run module:app [METHOD] [PATH?QUERY]`` serves a WSGI app through whatever
-gateway started the process: as a CGI script under a web server, or one emulated
-request from a terminal (flags: cgikit.RUN_OPTIONS).
+gateway started the process: as a CGI script under a web server, on a listening socket
+a launcher handed over, or one emulated request from a terminal (flags:
+cgikit.RUN_OPTIONS). ``cgikit run --fastcgi|--scgi|--http ADDR module:app`` serves it
+until SIGTERM (flags: cgikit.gateway_options.GATEWAY_OPTIONS).
 
 ``cgikit serve [--bind ADDR] [--port N] ROOT`` serves a site's static files and CGI
 scripts over HTTP (flags: cgikit.site_server.SERVE_OPTIONS).
@@ -45,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="serve a WSGI app through the gateway that started this process",
         description="Serve module:app as a CGI script under a web server, or emulate "
-        "one request from a terminal: cgikit run module:app [METHOD] [PATH?QUERY].",
+        "one request from a terminal: cgikit run module:app [METHOD] [PATH?QUERY]. "
+        "With --fastcgi, --scgi or --http ADDR (host:port, [::1]:port or unix:/path), "
+        "serve it there until SIGTERM (docs/gateway-options.md).",
     )
     run.add_argument("app", help="the WSGI app to serve, as module:attribute")
     run.add_argument("request", nargs="*", help="[METHOD] [PATH?QUERY] when emulating")
@@ -54,8 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
             run.add_argument(option.flag, action="store_true", default=None, help=option.help)
         else:
             run.add_argument(option.flag, metavar="VALUE", default=None, help=option.help)
+    _add_gateway(run)
     _add_serve(commands)
     return parser
+
+
+def _add_gateway(run: argparse.ArgumentParser) -> None:
+    from cgikit.gateway_options import GATEWAY_OPTIONS, PROTOCOLS
+
+    group = run.add_mutually_exclusive_group()
+    for protocol in PROTOCOLS:
+        group.add_argument(
+            f"--{protocol}", metavar="ADDR", help=f"serve {protocol.upper()} on ADDR"
+        )
+    for option in GATEWAY_OPTIONS:
+        run.add_argument(option.flag, type=option.kind, metavar="N", default=None, help=option.help)
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,11 +109,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from cgikit import run_auto
+    from cgikit.gateway_options import GATEWAY_OPTIONS, PROTOCOLS
+
+    given = {option.name: getattr(args, option.name) for option in RUN_OPTIONS}
+    gateway = {option.name: getattr(args, option.name) for option in GATEWAY_OPTIONS}
+    protocol = next((p for p in PROTOCOLS if getattr(args, p) is not None), None)
+    if protocol is None:
+        return run_auto(load_app(args.app), args.request, "", gateway, **given)
+    # The RUN_OPTIONS shape the CGI gateway's responses; the servers do not take them.
+    misplaced = [o.flag for o in RUN_OPTIONS if given[o.name] is not None]
+    if args.request or misplaced:
+        extra = " ".join(misplaced + args.request)
+        print(f"cgikit run --{protocol}: unexpected arguments: {extra}", file=sys.stderr)
+        return 2
+    from cgikit.gateway_run import run_gateway
 
     app = load_app(args.app)
-    given = {option.name: getattr(args, option.name) for option in RUN_OPTIONS}
-    return run_auto(app, args.request, "", **given)
+    try:
+        run_gateway(app, protocol, getattr(args, protocol), **gateway)
+    except (OSError, ValueError, TypeError) as exc:  # a bad option or address
+        print(f"cgikit run --{protocol}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
