@@ -30,6 +30,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         "ppid": os.getppid(),
         "path": environ.get("PATH_INFO", ""),
         "body": body.decode("latin-1"),
+        "listen_fds": os.environ.get("LISTEN_FDS"),  # systemd's, removed once taken
     }
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(report).encode()]
