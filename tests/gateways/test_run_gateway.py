@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+import cgikit
 from cgikit.cli import build_parser, markdown_table
 from cgikit.gateway_options import GATEWAY_OPTIONS, gateway_settings
 from gateways.gatewaykit import TIMEOUT, Gateway, child_env, gone, request
+from gateways.served_apps import app
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,3 +183,12 @@ def test_docs_table_is_generated_from_the_options() -> None:
     text = (ROOT / "docs" / "gateway-options.md").read_text()
     start, end = "<!-- options-table -->\n", "<!-- /options-table -->"
     assert text.split(start, 1)[1].split(end, 1)[0] == markdown_table(GATEWAY_OPTIONS)
+
+
+def test_the_api_checks_before_it_binds() -> None:
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        cgikit.run_gateway(app, "ajp", "127.0.0.1:0")
+    with pytest.raises(TypeError, match="unknown gateway option"):
+        cgikit.run_gateway(app, "fastcgi", "127.0.0.1:0", debug=True)
+    with pytest.raises(ValueError, match="not host:port"):
+        cgikit.run_gateway(app, "fastcgi", "9000", workers=1)
