@@ -67,12 +67,14 @@ def _add_gateway(run: argparse.ArgumentParser) -> None:
     from cgikit.gateway_options import GATEWAY_OPTIONS, PROTOCOLS
 
     group = run.add_mutually_exclusive_group()
+    names = {"fastcgi": "FastCGI", "scgi": "SCGI", "http": "HTTP/1.1"}
     for protocol in PROTOCOLS:
-        group.add_argument(
-            f"--{protocol}", metavar="ADDR", help=f"serve {protocol.upper()} on ADDR"
-        )
+        group.add_argument(f"--{protocol}", metavar="ADDR", help=f"serve {names[protocol]} on ADDR")
     for option in GATEWAY_OPTIONS:
-        run.add_argument(option.flag, type=option.kind, metavar="N", default=None, help=option.help)
+        metavar = "SECONDS" if option.kind is float else "N"
+        run.add_argument(
+            option.flag, type=option.kind, metavar=metavar, default=None, help=option.help
+        )
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
