@@ -7,6 +7,7 @@ PID (gatewaykit). Workers are counted from /proc (Linux).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -102,9 +103,12 @@ def test_max_requests_retires_a_worker_and_loses_no_request() -> None:
             status, reply = gateway.request()
             assert status == 200
             pids.append(reply["pid"])
-        # At 3 the jitter (up to 10%) is 0: each worker serves exactly three.
-        assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
-        gateway.output.wait_line(re.compile(rf"worker {pids[0]} served 3 requests; retiring"))
+        runs = [len(list(group)) for _, group in itertools.groupby(pids)]
+        # At 3 the jitter (up to 10%) is 0: each worker takes three, or one more that it
+        # accepted before it saw its own stop; a retired worker never comes back.
+        assert len(runs) >= 2 and all(run in (3, 4) for run in runs[:-1]), pids
+        assert len(runs) == len(set(pids))
+        gateway.output.wait_line(re.compile(rf"worker {pids[0]} served [34] requests; retiring"))
         wait_until(lambda: gone(pids[0]), "the retired worker reaped")
     finally:
         assert gateway.stop() == 0
