@@ -5,7 +5,8 @@ submodule of that name would replace it as the package's attribute once imported
 
 The composition of the host side: ``Dispatcher`` (a WSGI app) routes each request to a
 ``CGIHost`` (cgi_host) or to ``StaticFiles`` (static_files); ``make_server`` puts it
-behind ``HTTPServer`` (http_server); ``serve`` runs that until SIGTERM or Ctrl-C.
+behind ``LoopServer`` (loop_server: an event loop answers CGI directory requests,
+``HTTPServer``'s threads the rest); ``serve`` runs that until SIGTERM or Ctrl-C.
 
 Routing, in this order, on the normalised request path (``cgi_paths.normalize_target``
 of the raw request-target, the same rules everywhere):
@@ -48,6 +49,7 @@ from cgikit.cgi_host import CGIHost
 from cgikit.cgi_paths import UnsafePath, normalize_target, raw_target, split_target
 from cgikit.host_options import HOST_OPTIONS, host_settings
 from cgikit.http_server import HTTPServer
+from cgikit.loop_server import LoopServer
 from cgikit.prefork import become_subreaper, run_workers
 from cgikit.privileges import drop_privileges
 from cgikit.process_group import kill_all
@@ -364,7 +366,7 @@ def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTT
         values["max_procs"],  # type: ignore[arg-type]
         host_options={name: values[name] for name in _HOST_NAMES},
     )
-    server = HTTPServer(
+    server = LoopServer(
         app,
         str(values["bind"]),
         values["port"],  # type: ignore[arg-type]

@@ -1,0 +1,254 @@
+"""One request to a CGI script answered on the event loop: ``cgikit serve``'s fast path.
+
+The same answer, byte for byte, as the WSGI path (``CGIHost`` under ``Response`` and
+``http_connection.Exchange``), without a thread, a generator or a selector per request:
+``CGIHost.prepare`` finds the script and builds its environment, ``script_task`` runs
+it, and this module turns its events into the HTTP response:
+
+- The head goes out with the first body byte, or alone at the end (with
+  ``Content-Length: 0`` when the script sent no body), framed by
+  ``http_connection.frame_head`` as the threaded server frames it: chunked for HTTP/1.1,
+  the close for HTTP/1.0, nothing for HEAD, 1xx, 204 and 304. The script's own
+  Content-Length never frames anything (CVE-2024-24795; ``cgi_output`` drops it).
+- A local redirect (RFC 3875 §6.2.2) below the mount point is re-dispatched as a GET
+  without a body, at most ``MAX_REDIRECTS`` times; a client redirect gets text/plain
+  and no body (§6.2.3); an NPH script's Date and Server go (§5).
+- A script that cannot be found, started or understood, or that times out before its
+  head, gets the host's short error answer (404/403/500/502/504) and a log line; after
+  the head, the body is cut: the connection closes without the last chunk, so the
+  client can tell (the threaded path's ``BodyCut``).
+
+Only requests ``loop_server`` can answer at once take this path: a CGI directory's
+script, a body (if any) already received whole and small. ``conn`` is the
+``loop_server`` connection: ``write``, ``finish``, ``stopping`` and its loop.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+
+from cgikit.cgi_host import (
+    MAX_REDIRECTS,
+    HostRequest,
+    Refused,
+    error_body,
+    redirect_inside,
+)
+from cgikit.cgi_meta import UnsafeHeader
+from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Head, ScriptOutput
+from cgikit.cgi_paths import UnsafePath
+from cgikit.host_parts import NPH_DROPPED, NphOutput
+from cgikit.http_connection import frame_head
+from cgikit.script_task import ScriptTask
+from cgikit.wsgi_request import build_environ
+
+if TYPE_CHECKING:
+    from cgikit.http_request import Request
+    from cgikit.loop_server import LoopConnection
+    from cgikit.site_server import FastRoute
+
+__all__ = ["LoopExchange"]
+
+_TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
+
+
+def _host_log(line: str) -> None:
+    """The host's lines, as ``CGIHost`` writes them to ``wsgi.errors`` (stderr)."""
+    sys.stderr.write(f"cgikit: {line}\n")
+    sys.stderr.flush()
+
+
+class LoopExchange:
+    """One request and its response on a ``LoopConnection`` (module docstring)."""
+
+    def __init__(
+        self,
+        conn: LoopConnection,
+        request: Request,
+        body: bytes,
+        route: FastRoute,
+        meta: dict[str, str],
+    ) -> None:
+        self.conn, self.request, self.route = conn, request, route
+        self.started = time.monotonic()
+        length = None if request.chunked else (request.content_length or 0)
+        environ = build_environ(meta, io.BytesIO(body), sys.stderr, length)
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = route.mount, route.rest
+        environ["wsgi.input_terminated"] = True
+        self.environ = environ
+        self.keep_alive = request.keep_alive
+        self.status = "000"
+        self.body_sent = 0
+        self.framing = "none"
+        self.task: ScriptTask | None = None
+        self.hops = 0
+        self.emit = False
+        self._head: tuple[str, list[tuple[str, str]]] | None = None  # not sent yet
+        self.done = False
+
+    def start(self) -> None:
+        """Find and start the script, or answer the error at once."""
+        environ = self.environ
+        try:
+            self.host_request = HostRequest(environ, self.route.host.settings)
+        except (Refused, UnsafePath, UnsafeHeader) as exc:
+            _host_log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
+            self._error(exc.status)
+            return
+        except UnicodeEncodeError as exc:
+            _host_log(f"a request variable is not latin-1: {exc}")
+            self._error(400)
+            return
+        self._launch()
+
+    def _launch(self) -> None:
+        request, host = self.host_request, self.route.host
+        try:
+            launch = host.prepare(request)
+        except Refused as exc:
+            _host_log(f"{request.uri}: {exc.reason}")
+            self._error(exc.status)
+            return
+        settings, name = host.settings, launch.script.name
+        parser = NphOutput() if launch.nph else ScriptOutput()
+        body = request.body(max(request.body.length, 0))
+        self.nph = launch.nph
+        try:
+            self.task = ScriptTask(
+                self.conn.loop,
+                (launch.argv, launch.env, launch.cwd),
+                body,
+                parser,
+                self,
+                _host_log,
+                name,
+                (settings.timeout, settings.idle_timeout, 2.0),
+            )
+        except OSError as exc:  # logged by the task
+            _host_log(f"{request.uri}: {name}: cannot start: {exc.strerror}")
+            self._error(500)
+            return
+        self.conn.watch_client(True)
+
+    # -- the script's events ---------------------------------------------------------
+
+    def script_head(self, head: Head) -> None:
+        location = head.location or ""
+        request = self.host_request
+        redirects = self.route.host.settings.local_redirects
+        if head.kind == LOCAL_REDIRECT and redirects and redirect_inside(request, location):
+            self._redirect(location)
+            return
+        headers = head.headers
+        if self.nph:
+            headers = [(n, v) for n, v in headers if n.lower() not in NPH_DROPPED]
+        self.emit = request.method != "HEAD" and head.body_allowed
+        if head.kind in (CLIENT_REDIRECT, LOCAL_REDIRECT):  # §6.2.3: no document
+            headers, self.emit = [*headers, _TEXT], False
+        self._head = (f"{head.status} {head.reason or 'Unknown'}", headers)
+
+    def _redirect(self, location: str) -> None:
+        """RFC 3875 §6.2.2: the response is that of a GET of ``location``."""
+        if self.task is not None:
+            self.task.abort("output abandoned by the caller")
+            self.task = None
+        request = self.host_request
+        if self.hops == MAX_REDIRECTS:
+            _host_log(f"{request.uri}: more than {MAX_REDIRECTS} local redirects in a row")
+            self._error(500)
+            return
+        self.hops += 1
+        request.redirect(location)
+        self._launch()
+
+    def script_body(self, data: bytes) -> None:
+        if not self.emit or not data:
+            return
+        self.body_sent += len(data)
+        head = self._send_head(None) if self._head is not None else b""
+        if self.framing == "chunked":  # RFC 9112 §7.1: chunk-size CRLF data CRLF
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        data = head + data
+        if not self.conn.write(data) and self.task is not None:
+            self.task.pause()  # the client's pace: read no more until it drains
+
+    def drained(self) -> None:
+        """The connection has sent everything written so far."""
+        if self.task is not None and not self.done:
+            self.task.resume()
+
+    def script_end(self, error: tuple[int, str] | None) -> None:
+        task, self.task = self.task, None
+        name = task.name if task is not None else "?"
+        if error is None:
+            if self._head is not None:  # no body came: the head goes alone
+                length = None if self.request.method == "HEAD" else 0
+                self.conn.write(self._send_head(length))
+            elif self.framing == "chunked":
+                self.conn.write(b"0\r\n\r\n")  # RFC 9112 §7.1: the last chunk, no trailer
+            self._finish(keep=self.keep_alive and self.framing != "close")
+            return
+        status, reason = error
+        if self.status != "000":  # the head is out: only a close can tell the client
+            _host_log(f"{name}: response body cut: {reason}")
+            self._finish(keep=False)
+            return
+        if self._head is not None:  # a head, nothing sent: the WSGI path's answer, 500
+            _host_log(f"{name}: response body cut: {reason}")
+            self._head, status = None, 500
+        else:
+            _host_log(f"{self.host_request.uri}: {name}: {reason}")
+        self._error(status)
+
+    def client_gone(self) -> None:
+        """The client hung up: end the script; nothing more is sent."""
+        if self.task is not None:
+            self.task.abort("client went away")
+            self.task = None
+        self._finish(keep=False)
+
+    # -- the response ----------------------------------------------------------------
+
+    def _send_head(self, length: int | None) -> bytes:
+        """The head, framed now that it is known whether a body follows."""
+        if self._head is None:
+            raise RuntimeError("the head was sent already")
+        status, headers = self._head
+        self._head = None
+        if length is not None and int(status[:3]) not in _NO_LENGTH:
+            headers = [*headers, ("Content-Length", str(length))]
+        keep = self.keep_alive and not self.conn.stopping()
+        head, self.framing, self.keep_alive, _ = frame_head(
+            status, headers, self.request.method, self.request.version, keep
+        )
+        self.status = status
+        return head
+
+    def _error(self, status: int) -> None:
+        line, headers, body = error_body(status)
+        self._head = (line, headers)
+        head = self._send_head(None)
+        self.conn.write(head if self.request.method == "HEAD" else head + body)
+        if self.request.method != "HEAD":
+            self.body_sent = len(body)
+        self._finish(keep=self.keep_alive)
+
+    def _finish(self, *, keep: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.route.release()
+        self.conn.watch_client(False)
+        request = self.request
+        self.conn.finish(
+            keep,
+            f'{self.conn.remote[0]} - "{request.method} {request.target.decode("ascii")} '
+            f'HTTP/{request.version[0]}.{request.version[1]}" {self.status[:3]} '
+            f"{self.body_sent} {time.monotonic() - self.started:.3f}s",
+        )
+
+
+_NO_LENGTH: Final = frozenset({204, 304}) | frozenset(range(100, 200))

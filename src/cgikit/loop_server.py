@@ -1,0 +1,364 @@
+"""``cgikit serve``'s HTTP/1.1 server with an event loop in front of the thread pool.
+
+Why: a CGI request is a process spawn and a few pipe reads; a thread, a selector and a
+WSGI generator stack per request cost more than the spawn (bench/RESULTS.md, issue 3).
+``LoopServer`` is ``http_server.HTTPServer`` whose accepting thread runs an
+``event_loop.Loop`` instead of a bare accept: it owns every connection while it is idle
+or reading a request head (keep-alive and header timeouts, 400/408/431 answers, as
+``http_connection.Connection`` does), and answers the common request on the loop
+itself: a script in a CGI directory (``Dispatcher.fast_route``) whose body, if any, has
+arrived whole and is at most ``FAST_BODY`` bytes (``loop_exchange``). Every other
+request (static files, ``cgi_ext`` scripts, chunked or large bodies, ``Expect:
+100-continue``, no free ``max_procs`` slot) is handed, with its parser, to the thread
+pool, which serves that connection to its end through the WSGI path as before.
+
+Shutdown (``HTTPServer.shutdown``): the loop stops accepting, closes idle connections,
+lets its requests in flight finish within the grace period, then ends their scripts.
+A client that hangs up while its script runs ends the script (issue 3 item 4): the
+socket is watched for EOF (peeked, ``client_socket``) once the request is read.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Final
+
+from cgikit.client_socket import peek_client
+from cgikit.event_loop import READ, WRITE, Loop, Timer
+from cgikit.http_connection import error_response, request_meta
+from cgikit.http_request import BadRequest, ConnectionClosed, Data, Request, RequestParser
+from cgikit.http_server import HTTPServer
+from cgikit.loop_exchange import LoopExchange
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cgikit.site_server import Dispatcher, FastRoute
+
+__all__ = ["FAST_BODY", "LoopConnection", "LoopServer"]
+
+FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
+_RECV: Final = 65536
+
+
+class LoopServer(HTTPServer):
+    """``HTTPServer`` for a ``Dispatcher``, with the event-driven fast path (docstring)."""
+
+    def __init__(
+        self,
+        app: Dispatcher,
+        host: str,
+        port: int,
+        *,
+        threads: int = 8,
+        max_body_bytes: int | None = None,
+    ) -> None:
+        super().__init__(app, host, port, threads=threads, max_body_bytes=max_body_bytes)
+        self.route: Callable[[str], FastRoute | None] = app.fast_route
+        self.loop: Loop | None = None
+        self.connections: set[LoopConnection] = set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _accept_loop(self) -> None:
+        loop = self.loop = Loop()
+        loop.add(self.socket.fileno(), READ, self._on_accept)
+        # shutdown() writes to this pair and never reads it: level-triggered, it would
+        # wake the loop for ever, so it is watched once.
+        loop.add(self._wake_r.fileno(), READ, lambda mask: loop.remove(self._wake_r.fileno()))
+        try:
+            loop.run(lambda: self._stopping)
+            self._drain(loop)
+        finally:
+            for conn in list(self.connections):
+                conn.abort("the server is stopping")
+            loop.close()
+
+    def _drain(self, loop: Loop) -> None:
+        """Stopping: no new connections; idle ones close; busy ones get the grace."""
+        loop.remove(self.socket.fileno())
+        for conn in list(self.connections):
+            conn.stop_if_idle()
+        deadline = time.monotonic() + self._grace
+        while self.connections and time.monotonic() < deadline:
+            loop.run_once(max(0.0, min(0.5, deadline - time.monotonic())))
+
+    def _on_accept(self, mask: int) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        if self.defer_when_busy and self._busy():
+            # Another process on this socket may be idle: leave it the connection for a
+            # moment (as HTTPServer does), then take it if it is still there.
+            loop.remove(self.socket.fileno())
+            loop.call_later(self.defer_when_busy, self._accept_deferred)
+            return
+        self._accept(loop)
+
+    def _accept_deferred(self) -> None:
+        if self.loop is not None and not self._stopping:
+            self._accept(self.loop)
+            self.loop.add(self.socket.fileno(), READ, self._on_accept)
+
+    def _busy(self) -> bool:
+        """Whether there are ``threads`` connections already, as HTTPServer counts."""
+        return len(self.connections) + len(self._active) + len(self._queue) >= self.threads
+
+    def _accept(self, loop: Loop) -> None:
+        """One connection: with several processes on the socket, each takes its turn."""
+        try:
+            sock, addr = self.socket.accept()
+        except OSError:  # EAGAIN (another worker took it, a client gave up), EMFILE
+            return
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        remote = addr[:2] if isinstance(addr, tuple) else ("unix", 0)
+        self.connections.add(LoopConnection(self, loop, sock, remote))
+
+    def hand_over(self, conn: LoopConnection, request: Request) -> None:
+        """Give a connection and its parsed request head to the thread pool."""
+        self.connections.discard(conn)
+        conn.sock.setblocking(True)
+        with self._lock:
+            self._queue.append((conn.sock, conn.remote, (conn.parser, request)))
+            self._lock.notify()
+
+
+class LoopConnection:
+    """One client connection while the loop owns it (module docstring)."""
+
+    def __init__(
+        self, server: LoopServer, loop: Loop, sock: socket.socket, remote: tuple[str, int]
+    ) -> None:
+        self.server, self.loop, self.sock, self.remote = server, loop, sock, remote
+        self.fd = sock.fileno()
+        limits = server.limits
+        self.parser = RequestParser(limits.max_header_bytes, limits.max_body_bytes)
+        self.exchange: LoopExchange | None = None
+        self.out = bytearray()
+        self.closing = False  # close once ``out`` is sent
+        self.started = False  # bytes of a request head have arrived
+        self.watching = False  # the client is watched for a hang-up
+        self.timer: Timer | None = None
+        self.closed = False
+        loop.add(self.fd, READ, self._on_ready)
+        self._wait(limits.idle_timeout, self._idle_expired)
+
+    def stopping(self) -> bool:
+        return self.server.stopping
+
+    # -- reading requests ------------------------------------------------------------
+
+    def _on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if mask & READ and not self.closed:
+            if self.exchange is None:
+                self._read()
+            else:
+                self._check_client()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError:  # ECONNRESET and friends: the client is gone
+            data = b""
+        if data and not self.started:  # a header block must complete in time (RFC 9110)
+            self.started = True
+            self._wait(self.server.limits.header_timeout, self._head_expired)
+        self.parser.receive_data(data)
+        self._next_request()
+
+    def _next_request(self) -> None:
+        """Act on what the parser has: a request, more to wait for, or the end."""
+        if self.exchange is not None or self.closed:
+            return
+        try:
+            event = self.parser.next_event()
+        except BadRequest as exc:
+            self._refuse(exc.status, exc.reason)
+            return
+        if isinstance(event, Request):
+            self._cancel_timer()
+            self._dispatch(event)
+        elif isinstance(event, ConnectionClosed) or (self.stopping() and not self.started):
+            self.close()
+
+    def _dispatch(self, request: Request) -> None:
+        try:
+            meta = request_meta(request, self.remote, self.server.server_address)
+        except BadRequest as exc:
+            self._refuse(exc.status, exc.reason)
+            return
+        length = request.content_length or 0
+        fits = not request.chunked and length <= FAST_BODY and self.parser.buffered >= length
+        route = None
+        if fits and not request.expect_continue and not self.stopping():
+            route = self.server.route(meta["REQUEST_URI"])
+        if route is None:
+            self.loop.remove(self.fd)
+            self.server.hand_over(self, request)
+            return
+        body = bytearray()
+        while isinstance(event := self.parser.next_event(), Data):
+            body += event.data
+        # EndOfMessage now: the whole body was buffered (``fits``).
+        self.exchange = LoopExchange(self, request, bytes(body), route, meta)
+        self.exchange.start()
+
+    # -- timers ----------------------------------------------------------------------
+
+    def _wait(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(seconds, expired)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle_expired(self) -> None:
+        self.timer = None
+        if self.exchange is None and not self.started:  # RFC 9112 §9.3: idle keep-alive
+            self.close()
+
+    def _head_expired(self) -> None:
+        self.timer = None
+        if self.exchange is None:
+            self._refuse(408, "request header not received in time")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self.server.log(f"{self.remote[0]}:{self.remote[1]} bad request: {status} {reason}")
+        self.closing = True
+        self.write(error_response(status, reason))
+
+    # -- the exchange's side ---------------------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Send now what the socket takes, keep the rest; False if some is kept."""
+        if self.closed:
+            return True
+        if not self.out:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._gone()
+                return True
+            if sent == len(data):
+                self._sent()
+                return True
+            data = data[sent:]
+        self.out += data
+        self._watch()
+        if self.timer is None:  # a client that takes nothing for idle_timeout is gone
+            self._wait(self.server.limits.idle_timeout, self._send_expired)
+        return False
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._gone()
+            return
+        del self.out[:sent]
+        self._wait(self.server.limits.idle_timeout, self._send_expired)
+        if not self.out:
+            self._cancel_timer()
+            self._watch()
+            self._sent()
+
+    def _sent(self) -> None:
+        """Everything written so far is out."""
+        if self.closing:
+            self.close()
+        elif self.exchange is not None:
+            if self.exchange.done:
+                self._next()
+            else:
+                self.exchange.drained()
+
+    def _send_expired(self) -> None:
+        self.timer = None
+        self.server.log(f"{self.remote[0]}:{self.remote[1]} client too slow: closed")
+        self._gone()
+
+    def watch_client(self, on: bool) -> None:
+        """Watch the socket for a hang-up while a script runs (the body is all read)."""
+        self.watching = on
+        self._watch()
+
+    def _watch(self) -> None:
+        if self.closed:
+            return
+        mask = (READ if self.watching or self.exchange is None else 0) | (WRITE if self.out else 0)
+        self.loop.modify(self.fd, mask, self._on_ready)
+
+    def _check_client(self) -> None:
+        state = peek_client(self.fd)
+        if state == "quiet":
+            return
+        self.watching = False  # gone, or a pipelined request: not ours to read yet
+        self._watch()
+        if state == "gone":
+            self._gone()
+
+    def _gone(self) -> None:
+        exchange, self.exchange = self.exchange, None
+        self.out.clear()
+        if exchange is not None and not exchange.done:
+            exchange.client_gone()
+        self.close()
+
+    def finish(self, keep: bool, access_line: str) -> None:
+        """The exchange is over: log it; then the next request, or close when sent."""
+        self.server.log(access_line)
+        if not keep:
+            self.closing = True
+        if not self.out:
+            self._sent()
+
+    def _next(self) -> None:
+        self.exchange = None
+        self.parser.start_next_request()
+        self._watch()
+        self.started = self.parser.buffered > 0  # a pipelined request's head, begun
+        if self.started:
+            self._wait(self.server.limits.header_timeout, self._head_expired)
+        else:
+            self._wait(self.server.limits.idle_timeout, self._idle_expired)
+        self._next_request()
+
+    # -- the end ---------------------------------------------------------------------
+
+    def stop_if_idle(self) -> None:
+        if self.exchange is None and not self.out and not self.started:
+            self.close()
+
+    def abort(self, why: str) -> None:
+        """Past the grace period: end the script, close."""
+        if self.exchange is not None and not self.exchange.done and self.exchange.task:
+            self.exchange.task.abort(why)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        self.loop.remove(self.fd)
+        self.server.connections.discard(self)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # a FIN after the last response byte
+        except OSError:
+            pass
+        self.sock.close()
