@@ -253,3 +253,28 @@ def test_parse_address() -> None:
     for bad in ("::1:9000", "host", "host:", ":9000", "host:99999", "[host]:1", "unix:", "h:x"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(TimeoutError, EOFError),
+    reason="a kept connection holds its worker thread while idle: with more idle kept "
+    "connections than threads (Apache enablereuse=on, nginx keepalive over the thread "
+    "count) a new connection waits in the backlog until one times out",
+)
+def test_idle_kept_connection_does_not_starve_a_new_one() -> None:
+    """Apache (enablereuse) and nginx (keepalive) may keep more idle connections than
+    there are workers: a new connection must not wait behind them for the idle timeout.
+    (Closing an idle connection to make room races with the web server sending on it:
+    nginx then answers a POST with 502. The fix is to hold idle connections in the
+    poller, not in a thread.)"""
+    with running(FastCGIServer, hello, threads=1) as srv:
+        idle = srv.connect()
+        idle.sendall(request_bytes(keep=True))
+        assert read_reply(idle).body == b"Hello, world!"  # now idle, holding the worker
+        waiting = srv.connect()
+        waiting.settimeout(1.0)  # a request served at once, not after the idle timeout
+        waiting.sendall(request_bytes())
+        assert read_reply(waiting).body == b"Hello, world!"
+        waiting.close()
+        idle.close()
