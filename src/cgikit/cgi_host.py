@@ -55,7 +55,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from cgikit._typing import StartResponse
-from cgikit.cgi_meta import UnsafeHeader, build_meta, to_environb
+from cgikit.cgi_meta import UnsafeHeader, build_meta, inherited_environ, to_environb
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
 from cgikit.cgi_paths import (
     PATH_SAFE,
@@ -217,11 +217,15 @@ class CGIHost:
         self.directory = os.path.realpath(directory)
         if not os.path.isdir(self.directory):
             raise NotADirectoryError(f"not a directory: {self.directory!r}")
-        # The server's own environment, for the allow-list only (research §3 row 11).
-        self._server_environ = {
-            os.fsencode(k).decode("latin-1"): os.fsencode(v).decode("latin-1")
-            for k, v in os.environ.items()
-        }
+        # What of the server's own environment a script may see (research §3 row 11):
+        # filtered once here, not per request (the filter gives the same on its result).
+        self._server_environ = inherited_environ(
+            {
+                os.fsencode(k).decode("latin-1"): os.fsencode(v).decode("latin-1")
+                for k, v in os.environ.items()
+            },
+            self.settings.pass_env,
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         log = _logger(environ)

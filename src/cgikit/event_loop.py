@@ -1,7 +1,7 @@
 """A minimal single-threaded event loop: descriptors, timers and a wake-up pair.
 
 Owns readiness dispatch for the event-driven CGI path (``loop_server``): callbacks on
-descriptors (``selectors``, epoll on Linux) and one-shot timers on the monotonic clock.
+descriptors (epoll on Linux, else poll) and one-shot timers on the monotonic clock.
 Everything registered here runs on the loop's thread; the only cross-thread entry is
 ``wake`` (a socket pair byte), which makes a blocked ``select`` return so the owner can
 look at a flag another thread set (a shutdown). No asyncio: one request costs a few
@@ -10,18 +10,19 @@ dictionary operations here, not a task, a future and a handle per step.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
-import selectors
+import select
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["READ", "WRITE", "Loop", "Timer"]
 
-READ: Final = selectors.EVENT_READ
-WRITE: Final = selectors.EVENT_WRITE
+READ: Final = 1
+WRITE: Final = 2
 Callback = Callable[[int], None]  # called with the ready mask
 
 
@@ -38,37 +39,60 @@ class Timer:
 
 
 class Loop:
-    """Callbacks on ready descriptors and on timers, until ``stop``."""
+    """Callbacks on ready descriptors and on timers, until ``stop``.
+
+    Straight on ``select.epoll`` (``select.poll`` elsewhere), a dict from descriptor to
+    callback: ``selectors`` costs several Python calls per registration, and a CGI
+    request registers and removes half a dozen descriptors.
+    """
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        if hasattr(select, "epoll"):
+            self._poller: Any = select.epoll()
+            self._scale = 1.0  # epoll.poll takes seconds
+        else:
+            self._poller = select.poll()
+            self._scale = 1000.0  # poll.poll takes milliseconds
+        self._callbacks: dict[int, Callback] = {}
+        self._masks: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()  # ties broken by scheduling order
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, READ, self._on_wake)
+        self.add(self._wake_r.fileno(), READ, self._on_wake)
         self.running = False
 
     # -- descriptors ---------------------------------------------------------------------
 
     def add(self, fd: int, mask: int, callback: Callback) -> None:
-        """Call ``callback(mask)`` whenever ``fd`` is ready for ``mask``."""
-        self._selector.register(fd, mask, callback)
+        """Call ``callback(mask)`` whenever ``fd`` is ready for ``mask`` (READ, WRITE)."""
+        if fd in self._callbacks:
+            raise KeyError(f"descriptor {fd} is already watched")
+        self._poller.register(fd, _EVENTS[mask])
+        self._callbacks[fd], self._masks[fd] = callback, mask
 
     def modify(self, fd: int, mask: int, callback: Callback) -> None:
         """Change what ``fd`` is watched for; a zero mask removes it."""
         if mask == 0:
             self.remove(fd)
-        elif fd in self._selector.get_map():
-            self._selector.modify(fd, mask, callback)
+        elif fd not in self._callbacks:
+            self.add(fd, mask, callback)
         else:
-            self._selector.register(fd, mask, callback)
+            if self._masks[fd] != mask:
+                self._poller.modify(fd, _EVENTS[mask])
+                self._masks[fd] = mask
+            self._callbacks[fd] = callback
 
     def remove(self, fd: int) -> None:
         """Stop watching ``fd`` (nothing happens if it is not watched)."""
-        if fd in self._selector.get_map():
-            self._selector.unregister(fd)
+        if self._callbacks.pop(fd, None) is not None:
+            del self._masks[fd]
+            try:
+                self._poller.unregister(fd)
+            except (OSError, KeyError):  # closed already: the kernel dropped it
+                pass
 
     # -- timers --------------------------------------------------------------------------
 
@@ -83,6 +107,11 @@ class Loop:
 
     # -- running -------------------------------------------------------------------------
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback()`` on the loop's thread, soon."""
+        self._soon.append(callback)
+        self.wake()
+
     def wake(self) -> None:
         """From any thread: make the loop's current wait return."""
         try:
@@ -96,13 +125,21 @@ class Loop:
         if self._timers:
             due = max(0.0, self._timers[0][0] - time.monotonic())
             wait = due if wait is None else min(wait, due)
-        ready = self._selector.select(wait)
-        watched = self._selector.get_map()
-        for key, mask in ready:
-            # An earlier callback of this round may have removed (or replaced) it.
-            current = watched.get(key.fd)
-            if current is not None and current.data == key.data:
-                key.data(mask & current.events)
+        timeout = -1 if wait is None else wait * self._scale
+        callbacks, masks = self._callbacks, self._masks
+        for fd, events in self._poller.poll(timeout):
+            callback = callbacks.get(fd)
+            if callback is None:  # removed by an earlier callback of this round
+                continue
+            ready = (READ if events & _READISH else 0) | (WRITE if events & _WRITEISH else 0)
+            if ready & masks[fd]:
+                callback(ready & masks[fd])
+        while self._soon:
+            self._soon.popleft()()
+        if self._timers and self._timers[0][0] <= time.monotonic():
+            self._run_timers()
+
+    def _run_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             timer = heapq.heappop(self._timers)[2]
@@ -120,7 +157,9 @@ class Loop:
             self.running = False
 
     def close(self) -> None:
-        self._selector.close()
+        if hasattr(self._poller, "close"):  # epoll holds a descriptor; poll does not
+            self._poller.close()
+        self._callbacks.clear()
         self._wake_r.close()
         self._wake_w.close()
         self._timers.clear()
@@ -131,3 +170,11 @@ class Loop:
                 pass
         except OSError:
             pass
+
+
+# Readiness as poll/epoll report it: an error or a hang-up wakes readers and writers
+# alike (what selectors does), so a peer's close is seen by whoever waits on it.
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_READISH: Final = _IN | select.POLLHUP | select.POLLERR | select.POLLPRI
+_WRITEISH: Final = _OUT | select.POLLHUP | select.POLLERR
+_EVENTS: Final = {READ: _IN, WRITE: _OUT, READ | WRITE: _IN | _OUT}

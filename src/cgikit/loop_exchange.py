@@ -181,6 +181,8 @@ class LoopExchange:
             self.task.resume()
 
     def script_end(self, error: tuple[int, str] | None) -> None:
+        if self.done:  # answered already (the client went away, the server stopped)
+            return
         task, self.task = self.task, None
         name = task.name if task is not None else "?"
         if error is None:

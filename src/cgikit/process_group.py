@@ -25,11 +25,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 
-__all__ = ["ProcessGroup", "kill_all", "spawn"]
+__all__ = ["Process", "ProcessGroup", "kill_all", "spawn"]
 
 _live: set[ProcessGroup] = set()  # groups not yet gone, for kill_all
 _live_lock = threading.Lock()
@@ -56,6 +56,15 @@ def spawn(
     )
 
 
+class Process(Protocol):
+    """What the group needs of a spawned script: Popen, or ``posix_spawn.Child``."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def wait(self) -> int: ...
+
+
 class ProcessGroup:
     """The spawned script (``pid``, also the group id) and its group, for one run.
 
@@ -65,7 +74,7 @@ class ProcessGroup:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: Process,
         grace: float,
         log: Callable[[str], None],
         name: str,

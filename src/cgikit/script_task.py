@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Final, Protocol
 
+from cgikit import posix_spawn
 from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
 from cgikit.event_loop import READ, WRITE, Loop, Timer
-from cgikit.process_group import ProcessGroup, spawn
+from cgikit.process_group import Process, ProcessGroup, spawn
 from cgikit.stderr_log import StderrLog
 
 __all__ = ["ScriptOwner", "ScriptTask"]
@@ -58,6 +59,10 @@ class ScriptTask:
         OSError: the script cannot be started (logged).
     """
 
+    _stdin: int | None
+    _stdout: int | None
+    _stderr: int | None
+
     def __init__(
         self,
         loop: Loop,
@@ -69,16 +74,19 @@ class ScriptTask:
         name: str,
         limits: tuple[float, float, float],
     ) -> None:
-        argv, env, cwd = launch
         self._loop, self._parser, self._owner, self._log, self.name = loop, parser, owner, log, name
         self._timeout, self._idle, self._grace = limits
         try:
-            proc = spawn(argv, env, cwd)
+            proc, fds = _start(*launch)
         except OSError as exc:
             log(f"{name}: cannot start: {exc}")
             raise
         self.group = ProcessGroup(proc, self._grace, log, name)
-        self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
+        self._stdin, self._stdout, self._stderr = fds
+        for fd in fds:
+            os.set_blocking(fd, False)
+        loop.add(fds[1], READ, self._on_stdout)
+        loop.add(fds[2], READ, self._on_stderr)
         self._stderr_log = StderrLog(log, name)
         self._pending = memoryview(body)
         self.head: Head | None = None
@@ -93,10 +101,6 @@ class ScriptTask:
     # -- start -----------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        for stream in (self._stdin, self._stdout, self._stderr):
-            os.set_blocking(_fd(stream), False)
-        self._loop.add(_fd(self._stdout), READ, self._on_stdout)
-        self._loop.add(_fd(self._stderr), READ, self._on_stderr)
         try:
             self._pidfd = os.pidfd_open(self.group.pid)
         except (AttributeError, OSError):  # no pidfd (not Linux): poll with the timer
@@ -124,14 +128,14 @@ class ScriptTask:
         if not self._paused and not self.ended:
             self._paused = True
             if self._stdout is not None:
-                self._loop.remove(self._stdout.fileno())
+                self._loop.remove(self._stdout)
 
     def resume(self) -> None:
         if self._paused and not self.ended:
             self._paused = False
             self._idle_deadline = time.monotonic() + self._idle  # the wait was the client's
             if self._stdout is not None:
-                self._loop.add(self._stdout.fileno(), READ, self._on_stdout)
+                self._loop.add(self._stdout, READ, self._on_stdout)
             self._arm()
             self._events()
 
@@ -147,9 +151,9 @@ class ScriptTask:
             return
         try:
             while self._pending:
-                self._pending = self._pending[os.write(stdin.fileno(), self._pending) :]
+                self._pending = self._pending[os.write(stdin, self._pending) :]
         except BlockingIOError:
-            self._loop.modify(stdin.fileno(), WRITE, self._feed_stdin)
+            self._loop.modify(stdin, WRITE, self._feed_stdin)
             return
         except BrokenPipeError:  # the script closed stdin or exited: not an error
             pass
@@ -157,8 +161,8 @@ class ScriptTask:
 
     def _close_stdin(self) -> None:
         if self._stdin is not None:
-            self._loop.remove(self._stdin.fileno())
-            self._stdin.close()
+            self._loop.remove(self._stdin)
+            os.close(self._stdin)
             self._stdin, self._pending = None, memoryview(b"")
 
     def _on_stdout(self, mask: int) -> None:
@@ -166,13 +170,13 @@ class ScriptTask:
         if stdout is None:
             return
         try:
-            data = os.read(stdout.fileno(), READ_SIZE)
+            data = os.read(stdout, READ_SIZE)
         except BlockingIOError:
             return
         self._idle_deadline = time.monotonic() + self._idle
         if not data:
-            self._loop.remove(stdout.fileno())
-            stdout.close()
+            self._loop.remove(stdout)
+            os.close(stdout)
             self._stdout = None
         try:
             self._parser.receive_data(data)
@@ -205,19 +209,21 @@ class ScriptTask:
         if stderr is None:
             return
         try:
-            data = os.read(stderr.fileno(), READ_SIZE)
+            data = os.read(stderr, READ_SIZE)
         except BlockingIOError:
             return
         if data:
             self._stderr_log.feed(data)
             return
-        self._loop.remove(stderr.fileno())
-        stderr.close()
+        self._loop.remove(stderr)
+        os.close(stderr)
         self._stderr = None
         self._stderr_log.flush()
 
     def _on_exit(self, mask: int = READ) -> None:
         """The script exited: reap it; what it left in its group is killed."""
+        if not self.group.exited():  # a stale readiness (a reused descriptor number)
+            return
         self.group.reap()
         self._close_pidfd()
         if self.group.alive():  # a grandchild would hold the pipes open
@@ -231,8 +237,7 @@ class ScriptTask:
     def _settle(self) -> None:
         """The output is whole and the script gone: the run is complete."""
         if self._output_done and self.group.returncode is not None and not self.ended:
-            self._end(None)
-            self._owner.script_end(None)
+            self._end(None, then=lambda: self._owner.script_end(None))
         elif self._output_done:
             self._deadline = min(self._deadline, time.monotonic() + self._grace)
             self._arm()
@@ -248,8 +253,8 @@ class ScriptTask:
         now = time.monotonic()
         if now >= self._deadline:
             if self._output_done:
-                self._end("still running after its output ended")
-                self._owner.script_end(None)
+                why = "still running after its output ended"
+                self._end(why, then=lambda: self._owner.script_end(None))
                 return
             self._fail(504, f"still running after {self._timeout:g} s (timeout)")
         elif self._stdout is not None and not self._paused and now >= self._idle_deadline:
@@ -262,48 +267,62 @@ class ScriptTask:
         self._fail(502, exc.reason, why="malformed output")
 
     def _fail(self, status: int, reason: str, why: str | None = None) -> None:
-        self._end(why or reason)
-        self._owner.script_end((status, reason))
+        self._end(why or reason, then=lambda: self._owner.script_end((status, reason)))
 
-    def _end(self, why: str | None) -> None:
-        """Stop watching; kill the group if anything of it is left; log how it ended."""
+    def _end(self, why: str | None, then: Callable[[], None] | None = None) -> None:
+        """Stop watching; kill the group if anything of it is left; log how it ended.
+
+        ``then`` runs on the loop once the group is gone (as the threaded runner, which
+        answers only after its kill): at once, or after the kill on its thread.
+        """
         if self.ended:
             return
         self.ended = True
         if self._timer is not None:
             self._timer.cancel()
         stderr = self._stderr
-        streams = [s for s in (self._stdin, self._stdout, stderr) if s is not None]
-        for stream in streams:
-            self._loop.remove(stream.fileno())
+        fds = [fd for fd in (self._stdin, self._stdout, stderr) if fd is not None]
+        for fd in fds:
+            self._loop.remove(fd)
         self._close_pidfd()
         self._stdin = self._stdout = self._stderr = None
         group = self.group
         if group.returncode is None or group.alive():
             self.killed = why or "output abandoned"
             self._log(f"{self.name}: {self.killed}; killing its process group")
-            _in_background(lambda: self._bury(streams, stderr, kill=True))
+            _in_background(lambda: self._bury(fds, stderr, kill=True, then=then))
         else:
-            self._bury(streams, stderr, kill=False)
+            self._bury(fds, stderr, kill=False)
+            if then is not None:
+                then()
 
-    def _bury(self, streams: list[IO[bytes]], stderr: IO[bytes] | None, *, kill: bool) -> None:
+    def _bury(
+        self,
+        fds: list[int],
+        stderr: int | None,
+        *,
+        kill: bool,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Kill (maybe), log the stderr left and the exit status, close the pipes."""
         try:
             if kill:
                 self.group.kill()
             for _ in range(_STDERR_DRAIN if stderr is not None else 0):
                 try:  # bounded: a process that escaped the group may still write
-                    data = os.read(stderr.fileno(), READ_SIZE)  # type: ignore[union-attr]
+                    data = os.read(stderr, READ_SIZE)  # type: ignore[arg-type]
                 except OSError:
                     break
                 if not data:
                     break
                 self._stderr_log.feed(data)
         finally:
-            for stream in streams:
-                stream.close()
+            for fd in fds:
+                os.close(fd)
             self._stderr_log.flush()
             self.group.log_status(self.killed)
+            if then is not None:
+                self._loop.call_soon_threadsafe(then)
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -312,10 +331,25 @@ class ScriptTask:
             self._pidfd = None
 
 
-def _fd(stream: IO[bytes] | None) -> int:
+def _start(
+    argv: Sequence[str], env: dict[bytes, bytes], cwd: str
+) -> tuple[Process, tuple[int, int, int]]:
+    """Spawn the script: posix_spawn where libc can, else Popen (same contract)."""
+    if posix_spawn.available():
+        child = posix_spawn.spawn(argv, env, cwd)
+        return child, (child.stdin, child.stdout, child.stderr)
+    proc = spawn(argv, env, cwd)
+    fds = tuple(_take(stream) for stream in (proc.stdin, proc.stdout, proc.stderr))
+    return proc, fds  # type: ignore[return-value]
+
+
+def _take(stream: IO[bytes] | None) -> int:
+    """The descriptor of a Popen pipe, owned from now on by the task."""
     if stream is None:
         raise RuntimeError("Popen gave no pipe")
-    return stream.fileno()
+    fd = os.dup(stream.fileno())
+    stream.close()
+    return fd
 
 
 def _in_background(work: Callable[[], None]) -> None:
