@@ -39,7 +39,8 @@ def find_script(root: str, segments: list[str], run_python: bool) -> Script:
 
     ``root`` is the real path of the host's directory; ``segments`` are those below
     the mount point (no ``.``, ``..``, ``/`` or NUL in them: cgi_paths). Every step is
-    resolved with ``os.path.realpath`` and must stay under ``root``: a symlink that
+    resolved (``lstat``; ``os.path.realpath`` for a symlink) and must stay under
+    ``root``: a symlink that
     leaves the directory is a 403 (Apache's ``SymLinksIfOwnerMatch`` spirit, research
     §3 row 5). A directory or a missing name is a 404 (P4: ``cgi.pl%20`` is no file;
     the source of a script is never served). A file that is not executable is a 403
@@ -49,21 +50,28 @@ def find_script(root: str, segments: list[str], run_python: bool) -> Script:
     Raises:
         UnsafePath: 403 or 404 as above.
     """
-    path = root
+    path = real = root
     for index, segment in enumerate(segments):
         if segment == "":  # the trailing-slash marker: the path named a directory
             break
         path = os.path.join(path, segment)
-        real = os.path.realpath(path)
-        if not is_inside(root, real):
-            raise UnsafePath(403, f"{path!r} leads outside the CGI directory")
         try:
-            info = os.stat(real)
+            info = os.lstat(os.path.join(real, segment))
         except OSError:
             raise UnsafePath(404, f"no such script: {path!r}") from None
+        if stat.S_ISLNK(info.st_mode):  # only a symlink can lead elsewhere: resolve it
+            real = os.path.realpath(path)
+            if not is_inside(root, real):
+                raise UnsafePath(403, f"{path!r} leads outside the CGI directory")
+            try:
+                info = os.stat(real)
+            except OSError:
+                raise UnsafePath(404, f"no such script: {path!r}") from None
+        else:  # ``real`` stays real: a plain name below a real directory
+            real = os.path.join(real, segment)
         if stat.S_ISDIR(info.st_mode):
             continue
-        name = os.path.relpath(path, root)
+        name = "/".join(segments[: index + 1])  # the path below the directory
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath(403, f"not a regular file: {name!r}")
         return Script(_argv(real, path, name, run_python), path, index + 1, name)

@@ -73,6 +73,18 @@ class BodyError(OSError):
         self.reason = reason
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def date_now() -> str:
+    """The Date field's value now (RFC 9110 §6.6.1), formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, http_date(time.gmtime(second)[:7]))
+    return _date_cache[1]
+
+
 def _reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -86,7 +98,7 @@ def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
     connection = "Connection: close\r\n" if close else ""
     return (
         f"HTTP/1.1 {status} {_reason(status)}\r\n"
-        f"Date: {http_date(time.gmtime()[:7])}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        f"Date: {date_now()}\r\nServer: {SERVER_SOFTWARE}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n{connection}\r\n"
     ).encode("latin-1") + body
@@ -390,7 +402,7 @@ def frame_head(
     elif version == (1, 0):
         fields.append(("Connection", "keep-alive"))
     if find_header(fields, "date") is None:
-        fields.insert(0, ("Date", http_date(time.gmtime()[:7])))
+        fields.insert(0, ("Date", date_now()))
     if find_header(fields, "server") is None:
         fields.insert(1, ("Server", SERVER_SOFTWARE))
     lines = "".join(f"{name}: {value}\r\n" for name, value in fields)

@@ -37,9 +37,16 @@ _REJECT_LINGER: Final = 0.1  # seconds spent reading a refused client's request 
 Queued = tuple[socket.socket, tuple[str, int], "tuple[RequestParser, Request] | None"]
 
 
+_stamp_cache: tuple[int, str] = (0, "")
+
+
 def _stderr_log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(f"[{stamp}] cgikit: {message}", file=sys.stderr, flush=True)
+    global _stamp_cache
+    second = int(time.time())
+    if _stamp_cache[0] != second:  # one strftime a second, not one a request
+        _stamp_cache = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+    sys.stderr.write(f"[{_stamp_cache[1]}] cgikit: {message}\n")
+    sys.stderr.flush()
 
 
 class HTTPServer:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["FAST_BODY", "LoopConnection", "LoopServer"]
 
 FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
+FIRST_REQUEST_WAIT: Final = 1.0  # stopping: seconds a new connection has to send a request
 _RECV: Final = 65536
 
 
@@ -145,6 +146,7 @@ class LoopConnection:
         self.watching = False  # the client is watched for a hang-up
         self.timer: Timer | None = None
         self.closed = False
+        self.served = 0  # requests answered on this connection
         loop.add(self.fd, READ, self._on_ready)
         self._wait(limits.idle_timeout, self._idle_expired)
 
@@ -329,6 +331,7 @@ class LoopConnection:
 
     def _next(self) -> None:
         self.exchange = None
+        self.served += 1
         self.parser.start_next_request()
         self._watch()
         self.started = self.parser.buffered > 0  # a pipelined request's head, begun
@@ -341,8 +344,14 @@ class LoopConnection:
     # -- the end ---------------------------------------------------------------------
 
     def stop_if_idle(self) -> None:
-        if self.exchange is None and not self.out and not self.started:
+        """Stopping: an idle keep-alive connection closes; a new one gets a moment for
+        its first request (its client sent it, or is about to: it was accepted)."""
+        if self.exchange is not None or self.out or self.started:
+            return
+        if self.served:
             self.close()
+        else:
+            self._wait(FIRST_REQUEST_WAIT, self._idle_expired)
 
     def abort(self, why: str) -> None:
         """Past the grace period: end the script, close."""

@@ -41,6 +41,8 @@ from cgikit.stderr_log import StderrLog
 __all__ = ["ScriptOwner", "ScriptTask"]
 
 READ_SIZE: Final = 65536
+EXIT_WATCH_DELAY: Final = 0.05  # seconds after the start when the exit is watched
+POLL_INTERVAL: Final = 0.05  # exit polling where there is no pidfd (not Linux)
 _STDERR_DRAIN: Final = 64  # reads of a dead group's stderr pipe, at most
 
 
@@ -96,19 +98,25 @@ class ScriptTask:
         self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
         self._timer: Timer | None = None
         self._pidfd: int | None = None
-        self._watch()
+        # The exit is watched (a pidfd, else polling) only if the output has not ended
+        # by then: most scripts are done sooner, and their exit is polled once at EOF.
+        self._exit_watch: float | None = now + EXIT_WATCH_DELAY
+        self._polling = False
+        self._leftover = False  # the script exited leaving processes in its group
+        self._feed_stdin(WRITE)
+        self._arm()
 
     # -- start -----------------------------------------------------------------------------
 
-    def _watch(self) -> None:
+    def _watch_exit(self) -> None:
+        """Wake on the script's exit from now on: a pidfd, or polling without one."""
+        self._exit_watch = None
         try:
             self._pidfd = os.pidfd_open(self.group.pid)
         except (AttributeError, OSError):  # no pidfd (not Linux): poll with the timer
-            self._pidfd = None
+            self._polling = True
         else:
             self._loop.add(self._pidfd, READ, self._on_exit)
-        self._feed_stdin(WRITE)
-        self._arm()
 
     def _arm(self) -> None:
         """The timer at the next deadline (or soon, to poll the exit without a pidfd)."""
@@ -117,8 +125,10 @@ class ScriptTask:
         when = self._deadline
         if self._stdout is not None and not self._paused:
             when = min(when, self._idle_deadline)
-        if self._pidfd is None:
-            when = min(when, time.monotonic() + 0.05)
+        if self._exit_watch is not None:
+            when = min(when, self._exit_watch)
+        if self._polling:
+            when = min(when, time.monotonic() + POLL_INTERVAL)
         self._timer = self._loop.call_at(when, self._on_timer)
 
     # -- the owner's side ----------------------------------------------------------------
@@ -222,35 +232,49 @@ class ScriptTask:
 
     def _on_exit(self, mask: int = READ) -> None:
         """The script exited: reap it; what it left in its group is killed."""
-        if not self.group.exited():  # a stale readiness (a reused descriptor number)
-            return
-        self.group.reap()
+        if self.group.returncode is not None or not self.group.exited():
+            return  # a stale readiness (a reused descriptor number), or reaped already
         self._close_pidfd()
-        if self.group.alive():  # a grandchild would hold the pipes open
-            self._log(f"{self.name}: exited, leaving processes in its group; killing them")
-            _in_background(self.group.kill)
+        self._reaped()
         self._close_stdin()
         self._settle()
+
+    def _reaped(self) -> None:
+        self.group.reap()
+        self._leftover = self.group.alive()
+        if self._leftover:
+            self._log(f"{self.name}: exited, leaving processes in its group; killing them")
+            if not self._output_done:  # a grandchild would hold the pipes open
+                _in_background(self.group.kill)
 
     # -- the end -------------------------------------------------------------------------
 
     def _settle(self) -> None:
-        """The output is whole and the script gone: the run is complete."""
-        if self._output_done and self.group.returncode is not None and not self.ended:
+        """The output is whole: once the script is gone too, the run is complete."""
+        if not self._output_done or self.ended:
+            return
+        if self.group.returncode is None and self.group.exited():
+            self._close_pidfd()
+            self._reaped()
+        if self.group.returncode is not None:
             self._end(None, then=lambda: self._owner.script_end(None))
-        elif self._output_done:
-            self._deadline = min(self._deadline, time.monotonic() + self._grace)
-            self._arm()
+            return
+        if self._pidfd is None and not self._polling:
+            self._watch_exit()
+        self._deadline = min(self._deadline, time.monotonic() + self._grace)
+        self._arm()
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.ended:
             return
+        now = time.monotonic()
+        if self._exit_watch is not None and now >= self._exit_watch:
+            self._watch_exit()
         if self._pidfd is None and self.group.returncode is None and self.group.exited():
             self._on_exit()
             if self.ended:
                 return
-        now = time.monotonic()
         if now >= self._deadline:
             if self._output_done:
                 why = "still running after its output ended"
@@ -287,9 +311,10 @@ class ScriptTask:
         self._close_pidfd()
         self._stdin = self._stdout = self._stderr = None
         group = self.group
-        if group.returncode is None or group.alive():
+        if group.returncode is None:
             self.killed = why or "output abandoned"
             self._log(f"{self.name}: {self.killed}; killing its process group")
+        if group.returncode is None or (self._leftover and group.alive()):
             _in_background(lambda: self._bury(fds, stderr, kill=True, then=then))
         else:
             self._bury(fds, stderr, kill=False)
