@@ -107,6 +107,10 @@ class Loop:
 
     # -- running -------------------------------------------------------------------------
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` at the end of this round (after the ready callbacks)."""
+        self._soon.append(callback)
+
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """From any thread: run ``callback()`` on the loop's thread, soon."""
         self._soon.append(callback)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from cgikit import posix_spawn
 from cgikit.client_socket import peek_client
 from cgikit.event_loop import READ, WRITE, Loop, Timer
 from cgikit.http_connection import error_response, request_meta
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["FAST_BODY", "LoopConnection", "LoopServer"]
 
 FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
+OUT_HIGH: Final = 1 << 18  # bytes queued for a client before its script is paused
 FIRST_REQUEST_WAIT: Final = 1.0  # stopping: seconds a new connection has to send a request
 _RECV: Final = 65536
 
@@ -65,6 +67,7 @@ class LoopServer(HTTPServer):
         return self._stopping
 
     def _accept_loop(self) -> None:
+        posix_spawn.prepare()
         loop = self.loop = Loop()
         loop.add(self.socket.fileno(), READ, self._on_accept)
         # shutdown() writes to this pair and never reads it: level-triggered, it would
@@ -146,6 +149,7 @@ class LoopConnection:
         self.watching = False  # the client is watched for a hang-up
         self.timer: Timer | None = None
         self.closed = False
+        self.flush_soon = False  # a _flush is queued for the end of the round
         self.served = 0  # requests answered on this connection
         loop.add(self.fd, READ, self._on_ready)
         self._wait(limits.idle_timeout, self._idle_expired)
@@ -243,41 +247,38 @@ class LoopConnection:
     # -- the exchange's side ---------------------------------------------------------
 
     def write(self, data: bytes) -> bool:
-        """Send now what the socket takes, keep the rest; False if some is kept."""
+        """Queue ``data``; it is sent at the end of this loop round, so the head, body
+        and last chunk of a quick script leave in one segment. False once more than
+        ``OUT_HIGH`` bytes wait: the writer should pause until ``drained``."""
         if self.closed:
             return True
-        if not self.out:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._gone()
-                return True
-            if sent == len(data):
-                self._sent()
-                return True
-            data = data[sent:]
         self.out += data
-        self._watch()
-        if self.timer is None:  # a client that takes nothing for idle_timeout is gone
-            self._wait(self.server.limits.idle_timeout, self._send_expired)
-        return False
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self._flush)
+        return len(self.out) < OUT_HIGH
 
     def _flush(self) -> None:
+        self.flush_soon = False
+        if self.closed or not self.out:
+            return
         try:
             sent = self.sock.send(self.out)
         except BlockingIOError:
-            return
+            sent = 0
         except OSError:
             self._gone()
             return
         del self.out[:sent]
-        self._wait(self.server.limits.idle_timeout, self._send_expired)
-        if not self.out:
-            self._cancel_timer()
+        if self.out:  # the client is slow: wait for room, a bounded time (idle_timeout)
             self._watch()
-            self._sent()
+            if sent or self.timer is None:
+                self._wait(self.server.limits.idle_timeout, self._send_expired)
+            return
+        if self.timer is not None and self.exchange is not None:
+            self._cancel_timer()
+        self._watch()
+        self._sent()
 
     def _sent(self) -> None:
         """Everything written so far is out."""

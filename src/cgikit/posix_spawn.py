@@ -28,7 +28,7 @@ import signal
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["Child", "available", "spawn"]
+__all__ = ["Child", "available", "prepare", "spawn"]
 
 _STRUCT_SIZE: Final = 1024  # room for glibc's posix_spawn_file_actions_t / attr_t (<400)
 _SETSIGDEF: Final = 0x04  # POSIX_SPAWN_SETSIGDEF
@@ -58,7 +58,7 @@ class Child:
 
     __slots__ = ("pid", "returncode", "stderr", "stdin", "stdout")
 
-    def __init__(self, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+    def __init__(self, pid: int, stdin: int | None, stdout: int, stderr: int) -> None:
         self.pid, self.stdin, self.stdout, self.stderr = pid, stdin, stdout, stderr
         self.returncode: int | None = None
 
@@ -101,6 +101,14 @@ _libc: _Libc | None = None
 _missing = False
 
 
+def prepare() -> bool:
+    """Load libc and open the /dev/null kept for scripts' stdin now, not on the first
+    request (a server's descriptor count stays flat from its start); ``available()``."""
+    if available():
+        _devnull()
+    return _libc is not None
+
+
 def available() -> bool:
     """Whether ``spawn`` works here (Linux with glibc >= 2.34, or a libc alike)."""
     global _libc, _missing
@@ -112,8 +120,11 @@ def available() -> bool:
     return _libc is not None
 
 
-def spawn(argv: Sequence[str], env: dict[bytes, bytes], cwd: str) -> Child:
-    """Start ``argv`` in ``cwd`` with exactly ``env`` and three new pipes.
+def spawn(
+    argv: Sequence[str], env: dict[bytes, bytes], cwd: str, *, null_stdin: bool = False
+) -> Child:
+    """Start ``argv`` in ``cwd`` with exactly ``env`` and new pipes for 0, 1 and 2
+    (``null_stdin``: stdin is /dev/null, and ``Child.stdin`` None).
 
     Raises:
         OSError: the script cannot be started; RuntimeError: not ``available()``.
@@ -124,16 +135,30 @@ def spawn(argv: Sequence[str], env: dict[bytes, bytes], cwd: str) -> Child:
     args = [os.fsencode(a) for a in argv]
     envp = [k + b"=" + v for k, v in env.items()]
     # stdin r/w, stdout r/w, stderr r/w; none of them 0-2, or a dup2 would clobber one
-    ends = tuple(_above_stdio(fd) for fd in os.pipe() + os.pipe() + os.pipe())
+    ins = (_devnull(), -1) if null_stdin else os.pipe()
+    ends = tuple(_above_stdio(fd) for fd in (*ins, *os.pipe(), *os.pipe()))
+    mine = [fd for fd in (ends[0], ends[3], ends[5]) if fd != _null_fd]  # the child's
     try:
         pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), ends[0], ends[3], ends[5])
     except BaseException:
         for fd in ends:
-            os.close(fd)
+            if fd not in (-1, _null_fd):
+                os.close(fd)
         raise
-    for fd in (ends[0], ends[3], ends[5]):  # the child's ends
+    for fd in mine:
         os.close(fd)
-    return Child(pid, ends[1], ends[2], ends[4])
+    return Child(pid, None if null_stdin else ends[1], ends[2], ends[4])
+
+
+_null_fd = -1
+
+
+def _devnull() -> int:
+    """One /dev/null descriptor for the process, close-on-exec, dup2'ed into scripts."""
+    global _null_fd
+    if _null_fd < 0:
+        _null_fd = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _null_fd
 
 
 def _spawn(
@@ -160,7 +185,7 @@ def _spawn(
 
 def _above_stdio(fd: int) -> int:
     """``fd``, or a close-on-exec copy of it above 2 (a server started with 0-2 closed)."""
-    if fd > 2:
+    if fd > 2 or fd == -1:
         return fd
     try:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)

@@ -79,14 +79,15 @@ class ScriptTask:
         self._loop, self._parser, self._owner, self._log, self.name = loop, parser, owner, log, name
         self._timeout, self._idle, self._grace = limits
         try:
-            proc, fds = _start(*launch)
+            proc, fds = _start(*launch, no_input=not body)
         except OSError as exc:
             log(f"{name}: cannot start: {exc}")
             raise
         self.group = ProcessGroup(proc, self._grace, log, name)
         self._stdin, self._stdout, self._stderr = fds
         for fd in fds:
-            os.set_blocking(fd, False)
+            if fd is not None:
+                os.set_blocking(fd, False)
         loop.add(fds[1], READ, self._on_stdout)
         loop.add(fds[2], READ, self._on_stderr)
         self._stderr_log = StderrLog(log, name)
@@ -176,24 +177,29 @@ class ScriptTask:
             self._stdin, self._pending = None, memoryview(b"")
 
     def _on_stdout(self, mask: int) -> None:
-        stdout = self._stdout
-        if stdout is None:
-            return
-        try:
-            data = os.read(stdout, READ_SIZE)
-        except BlockingIOError:
-            return
-        self._idle_deadline = time.monotonic() + self._idle
-        if not data:
-            self._loop.remove(stdout)
-            os.close(stdout)
-            self._stdout = None
-        try:
-            self._parser.receive_data(data)
-        except ScriptOutputError as exc:
-            self._malformed(exc)
-            return
-        self._events()
+        # Two reads at most: a quick script's output and its EOF are often both there,
+        # and taking the EOF now saves a round of the loop.
+        for _ in range(2):
+            stdout = self._stdout
+            if stdout is None or self._paused or self.ended:
+                return
+            try:
+                data = os.read(stdout, READ_SIZE)
+            except BlockingIOError:
+                return
+            self._idle_deadline = time.monotonic() + self._idle
+            if not data:
+                self._loop.remove(stdout)
+                os.close(stdout)
+                self._stdout = None
+            try:
+                self._parser.receive_data(data)
+            except ScriptOutputError as exc:
+                self._malformed(exc)
+                return
+            self._events()
+            if not data:
+                return
 
     def _events(self) -> None:
         """Hand the parser's events to the owner while it takes them."""
@@ -357,11 +363,15 @@ class ScriptTask:
 
 
 def _start(
-    argv: Sequence[str], env: dict[bytes, bytes], cwd: str
-) -> tuple[Process, tuple[int, int, int]]:
-    """Spawn the script: posix_spawn where libc can, else Popen (same contract)."""
+    argv: Sequence[str], env: dict[bytes, bytes], cwd: str, no_input: bool
+) -> tuple[Process, tuple[int | None, int, int]]:
+    """Spawn the script: posix_spawn where libc can, else Popen (same contract).
+
+    ``no_input``: the request has no body, so stdin is /dev/null, not a pipe: the
+    script reads EOF at once either way, for one pipe and three calls less.
+    """
     if posix_spawn.available():
-        child = posix_spawn.spawn(argv, env, cwd)
+        child = posix_spawn.spawn(argv, env, cwd, null_stdin=no_input)
         return child, (child.stdin, child.stdout, child.stderr)
     proc = spawn(argv, env, cwd)
     fds = tuple(_take(stream) for stream in (proc.stdin, proc.stdout, proc.stderr))
