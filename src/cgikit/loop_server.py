@@ -150,6 +150,7 @@ class LoopConnection:
         self.timer: Timer | None = None
         self.closed = False
         self.flush_soon = False  # a _flush is queued for the end of the round
+        self.blocked = False  # the socket took only part of ``out``: waiting for room
         self.served = 0  # requests answered on this connection
         loop.add(self.fd, READ, self._on_ready)
         self._wait(limits.idle_timeout, self._idle_expired)
@@ -165,7 +166,7 @@ class LoopConnection:
         if mask & READ and not self.closed:
             if self.exchange is None:
                 self._read()
-            else:
+            elif not self.exchange.done:
                 self._check_client()
 
     def _read(self) -> None:
@@ -253,7 +254,7 @@ class LoopConnection:
         if self.closed:
             return True
         self.out += data
-        if not self.flush_soon:
+        if not self.flush_soon and not self.blocked:  # blocked: WRITE readiness flushes
             self.flush_soon = True
             self.loop.call_soon(self._flush)
         return len(self.out) < OUT_HIGH
@@ -270,7 +271,8 @@ class LoopConnection:
             self._gone()
             return
         del self.out[:sent]
-        if self.out:  # the client is slow: wait for room, a bounded time (idle_timeout)
+        self.blocked = bool(self.out)
+        if self.blocked:  # the client is slow: wait for room, a bounded time (idle_timeout)
             self._watch()
             if sent or self.timer is None:
                 self._wait(self.server.limits.idle_timeout, self._send_expired)
@@ -303,7 +305,11 @@ class LoopConnection:
     def _watch(self) -> None:
         if self.closed:
             return
-        mask = (READ if self.watching or self.exchange is None else 0) | (WRITE if self.out else 0)
+        exchange = self.exchange
+        # Reading: between requests, while a script runs (a hang-up), and once the
+        # response is all queued (the mask then stays as it is until the next request).
+        reading = exchange is None or self.watching or (exchange.done and not self.blocked)
+        mask = (READ if reading else 0) | (WRITE if self.blocked else 0)
         self.loop.modify(self.fd, mask, self._on_ready)
 
     def _check_client(self) -> None:

@@ -51,7 +51,8 @@ _NEEDED: Final = (
 
 
 class Child:
-    """A spawned script: ``pid`` and the parent's ends of its pipes (raw descriptors).
+    """A spawned script: ``pid`` and the parent's ends of its pipes (raw descriptors,
+    already non-blocking).
 
     ``poll`` and ``wait`` reap it as Popen's do, so ``process_group`` can use either.
     """
@@ -134,9 +135,11 @@ def spawn(
     path = os.fsencode(argv[0])
     args = [os.fsencode(a) for a in argv]
     envp = [k + b"=" + v for k, v in env.items()]
-    # stdin r/w, stdout r/w, stderr r/w; none of them 0-2, or a dup2 would clobber one
-    ins = (_devnull(), -1) if null_stdin else os.pipe()
-    ends = tuple(_above_stdio(fd) for fd in (*ins, *os.pipe(), *os.pipe()))
+    # stdin r/w, stdout r/w, stderr r/w; none of them 0-2, or a dup2 would clobber one.
+    # The parent's ends come non-blocking (for the event loop), the script's blocking.
+    ins = (_devnull(), -1) if null_stdin else _pipe(child_reads=True)
+    pipes = (*ins, *_pipe(child_reads=False), *_pipe(child_reads=False))
+    ends = tuple(_above_stdio(fd) for fd in pipes)
     mine = [fd for fd in (ends[0], ends[3], ends[5]) if fd != _null_fd]  # the child's
     try:
         pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), ends[0], ends[3], ends[5])
@@ -181,6 +184,13 @@ def _spawn(
     if err:
         raise OSError(err, os.strerror(err), os.fsdecode(path))
     return pid.value
+
+
+def _pipe(*, child_reads: bool) -> tuple[int, int]:
+    """A close-on-exec pipe whose parent end is non-blocking: two calls, not five."""
+    read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    fcntl.fcntl(read if child_reads else write, fcntl.F_SETFL, 0)  # the script's end
+    return read, write
 
 
 def _above_stdio(fd: int) -> int:

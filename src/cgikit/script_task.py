@@ -85,9 +85,10 @@ class ScriptTask:
             raise
         self.group = ProcessGroup(proc, self._grace, log, name)
         self._stdin, self._stdout, self._stderr = fds
-        for fd in fds:
-            if fd is not None:
-                os.set_blocking(fd, False)
+        if not isinstance(proc, posix_spawn.Child):  # Popen's pipes block
+            for fd in fds:
+                if fd is not None:
+                    os.set_blocking(fd, False)
         loop.add(fds[1], READ, self._on_stdout)
         loop.add(fds[2], READ, self._on_stderr)
         self._stderr_log = StderrLog(log, name)
