@@ -27,7 +27,7 @@ from typing import Final
 
 from cgikit import posix_spawn
 from cgikit.client_socket import peek_client
-from cgikit.event_loop import READ, WRITE, Loop, Timer
+from cgikit.event_loop import READ, WRITE, Loop
 from cgikit.http_connection import error_response, request_meta
 from cgikit.http_request import BadRequest, ConnectionClosed, Data, Request, RequestParser
 from cgikit.http_server import HTTPServer
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["FAST_BODY", "LoopConnection", "LoopServer"]
 
 FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
+SWEEP: Final = 0.05  # seconds between timeout checks while scripts run
+SWEEP_IDLE: Final = 0.5  # ... and while none runs (keep-alive and header timeouts)
 OUT_HIGH: Final = 1 << 18  # bytes queued for a client before its script is paused
 FIRST_REQUEST_WAIT: Final = 1.0  # stopping: seconds a new connection has to send a request
 _RECV: Final = 65536
@@ -73,6 +75,7 @@ class LoopServer(HTTPServer):
         # shutdown() writes to this pair and never reads it: level-triggered, it would
         # wake the loop for ever, so it is watched once.
         loop.add(self._wake_r.fileno(), READ, lambda mask: loop.remove(self._wake_r.fileno()))
+        self._sweep()
         try:
             loop.run(lambda: self._stopping)
             self._drain(loop)
@@ -80,6 +83,18 @@ class LoopServer(HTTPServer):
             for conn in list(self.connections):
                 conn.abort("the server is stopping")
             loop.close()
+
+    def _sweep(self) -> None:
+        """Timeouts, checked every ``SWEEP`` seconds while scripts run (else every
+        ``SWEEP_IDLE``): a deadline is an attribute, not a timer object per request
+        (a 30 s keep-alive timer re-armed per request would pile up in a heap)."""
+        now = time.monotonic()
+        busy = False
+        for conn in list(self.connections):
+            conn.tick(now)
+            busy = busy or conn.exchange is not None
+        if self.loop is not None:
+            self.loop.call_later(SWEEP if busy else SWEEP_IDLE, self._sweep)
 
     def _drain(self, loop: Loop) -> None:
         """Stopping: no new connections; idle ones close; busy ones get the grace."""
@@ -147,7 +162,8 @@ class LoopConnection:
         self.closing = False  # close once ``out`` is sent
         self.started = False  # bytes of a request head have arrived
         self.watching = False  # the client is watched for a hang-up
-        self.timer: Timer | None = None
+        self.timer: Callable[[], None] | None = None  # due at ``deadline``
+        self.deadline = 0.0
         self.closed = False
         self.flush_soon = False  # a _flush is queued for the end of the round
         self.blocked = False  # the socket took only part of ``out``: waiting for room
@@ -222,13 +238,20 @@ class LoopConnection:
     # -- timers ----------------------------------------------------------------------
 
     def _wait(self, seconds: float, expired: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(seconds, expired)
+        """Call ``expired`` after ``seconds`` (checked by the server's sweep)."""
+        self.deadline, self.timer = time.monotonic() + seconds, expired
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer = None
+
+    def tick(self, now: float) -> None:
+        """The server's sweep: fire a due timer; let a running script check its own."""
+        if self.timer is not None and now >= self.deadline:
+            expired, self.timer = self.timer, None
+            expired()
+        exchange = self.exchange
+        if exchange is not None and exchange.task is not None and not exchange.done:
+            exchange.task.tick(now)
 
     def _idle_expired(self) -> None:
         self.timer = None

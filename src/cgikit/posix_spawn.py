@@ -138,8 +138,9 @@ def spawn(
     # stdin r/w, stdout r/w, stderr r/w; none of them 0-2, or a dup2 would clobber one.
     # The parent's ends come non-blocking (for the event loop), the script's blocking.
     ins = (_devnull(), -1) if null_stdin else _pipe(child_reads=True)
-    pipes = (*ins, *_pipe(child_reads=False), *_pipe(child_reads=False))
-    ends = tuple(_above_stdio(fd) for fd in pipes)
+    ends: tuple[int, ...] = (*ins, *_pipe(child_reads=False), *_pipe(child_reads=False))
+    if min(fd for fd in ends if fd >= 0) < 3:
+        ends = tuple(_above_stdio(fd) for fd in ends)
     mine = [fd for fd in (ends[0], ends[3], ends[5]) if fd != _null_fd]  # the child's
     try:
         pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), ends[0], ends[3], ends[5])
@@ -171,14 +172,19 @@ def _spawn(
     actions = ctypes.create_string_buffer(_STRUCT_SIZE)
     _check(libc.posix_spawn_file_actions_init(actions))
     try:
-        for target, fd in enumerate(fds):  # onto 0, 1, 2 (none of them is < 3)
-            _check(libc.posix_spawn_file_actions_adddup2(actions, fd, target))
-        _check(libc.posix_spawn_file_actions_addchdir_np(actions, cwd))
-        _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3))
-        pid = ctypes.c_int()
-        argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-        envp_c = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
-        err = libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_c)
+        # Non-zero is an errno; the first failure stops the chain.
+        err = (
+            libc.posix_spawn_file_actions_adddup2(actions, fds[0], 0)
+            or libc.posix_spawn_file_actions_adddup2(actions, fds[1], 1)
+            or libc.posix_spawn_file_actions_adddup2(actions, fds[2], 2)
+            or libc.posix_spawn_file_actions_addchdir_np(actions, cwd)
+            or libc.posix_spawn_file_actions_addclosefrom_np(actions, 3)
+        )
+        if not err:
+            pid = ctypes.c_int()
+            argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+            envp_c = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+            err = libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_c)
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
     if err:

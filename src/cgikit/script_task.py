@@ -34,7 +34,7 @@ from typing import IO, Final, Protocol
 
 from cgikit import posix_spawn
 from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
-from cgikit.event_loop import READ, WRITE, Loop, Timer
+from cgikit.event_loop import READ, WRITE, Loop
 from cgikit.process_group import Process, ProcessGroup, spawn
 from cgikit.stderr_log import StderrLog
 
@@ -98,7 +98,7 @@ class ScriptTask:
         self.killed: str | None = None
         now = time.monotonic()
         self._deadline, self._idle_deadline = now + self._timeout, now + self._idle
-        self._timer: Timer | None = None
+        self.wake_at = 0.0  # when ``tick`` has something to check
         self._pidfd: int | None = None
         # The exit is watched (a pidfd, else polling) only if the output has not ended
         # by then: most scripts are done sooner, and their exit is polled once at EOF.
@@ -121,9 +121,7 @@ class ScriptTask:
             self._loop.add(self._pidfd, READ, self._on_exit)
 
     def _arm(self) -> None:
-        """The timer at the next deadline (or soon, to poll the exit without a pidfd)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        """When the next deadline is due (or a poll of the exit without a pidfd)."""
         when = self._deadline
         if self._stdout is not None and not self._paused:
             when = min(when, self._idle_deadline)
@@ -131,7 +129,12 @@ class ScriptTask:
             when = min(when, self._exit_watch)
         if self._polling:
             when = min(when, time.monotonic() + POLL_INTERVAL)
-        self._timer = self._loop.call_at(when, self._on_timer)
+        self.wake_at = when
+
+    def tick(self, now: float) -> None:
+        """The owner's periodic check (every few tens of milliseconds): timeouts."""
+        if now >= self.wake_at and not self.ended:
+            self._on_timer()
 
     # -- the owner's side ----------------------------------------------------------------
 
@@ -272,7 +275,6 @@ class ScriptTask:
         self._arm()
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self.ended:
             return
         now = time.monotonic()
@@ -309,8 +311,6 @@ class ScriptTask:
         if self.ended:
             return
         self.ended = True
-        if self._timer is not None:
-            self._timer.cancel()
         stderr = self._stderr
         fds = [fd for fd in (self._stdin, self._stdout, stderr) if fd is not None]
         for fd in fds:
