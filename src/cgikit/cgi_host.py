@@ -72,6 +72,7 @@ from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_
 __all__ = [
     "HOST_OPTIONS",
     "MAX_REDIRECTS",
+    "TEXT_PLAIN",
     "BodyCut",
     "CGIHost",
     "HostRequest",
@@ -82,7 +83,7 @@ __all__ = [
 ]
 
 MAX_REDIRECTS = 5
-_TEXT = ("Content-Type", "text/plain; charset=utf-8")
+TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")  # the host's own answers
 Log = Callable[[str], None]
 
 
@@ -193,7 +194,7 @@ def error_body(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
     """The status line, fields and short generic body of the host's error answers."""
     reason = HTTPStatus(status).phrase
     body = f"{status} {reason}\n".encode("ascii")
-    return f"{status} {reason}", [_TEXT, ("Content-Length", str(len(body)))], body
+    return f"{status} {reason}", [TEXT_PLAIN, ("Content-Length", str(len(body)))], body
 
 
 def _error(start_response: StartResponse, status: int, method: str) -> list[bytes]:
@@ -376,7 +377,7 @@ class CGIHost:
             headers = [(n, v) for n, v in headers if n.lower() not in NPH_DROPPED]
         emit = method != "HEAD" and head.body_allowed
         if head.kind in (CLIENT_REDIRECT, LOCAL_REDIRECT):  # §6.2.3: no document
-            headers, emit = [*headers, _TEXT], False
+            headers, emit = [*headers, TEXT_PLAIN], False
         try:
             start_response(f"{head.status} {head.reason or 'Unknown'}", headers)
         except BaseException:

@@ -7,7 +7,8 @@ cgikit.RUN_OPTIONS). ``cgikit run --fastcgi|--scgi|--http ADDR module:app`` serv
 until SIGTERM (flags: cgikit.gateway_options.GATEWAY_OPTIONS).
 
 ``cgikit serve [--bind ADDR] [--port N] ROOT`` serves a site's static files and CGI
-scripts over HTTP (flags: cgikit.site_server.SERVE_OPTIONS).
+scripts over HTTP; ``cgikit serve --fastcgi ADDR ROOT`` serves its CGI scripts over
+FastCGI to a web server in front (flags: cgikit.site_server.SERVE_OPTIONS).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help="serve a site's static files and CGI scripts over HTTP",
         description="Serve the files under ROOT and run the CGI scripts of ROOT/cgi-bin at "
-        "/cgi-bin/ (the http.server --cgi convention), until SIGTERM or Ctrl-C. Every flag "
-        "may instead be set by its CGIKIT_* environment variable (docs/serve-options.md).",
+        "/cgi-bin/ (the http.server --cgi convention), until SIGTERM or Ctrl-C. With "
+        "--fastcgi ADDR, serve only the CGI scripts, over FastCGI, to a web server that "
+        "serves the files (the fcgiwrap role). Every flag may instead be set by its "
+        "CGIKIT_* environment variable (docs/serve-options.md).",
     )
     serve.add_argument("root", metavar="ROOT", help="the site's directory")
     for option in SERVE_OPTIONS:
@@ -100,7 +103,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                 option.flag, action="append", metavar="VALUE", default=None, help=option.help
             )
         else:
-            metavar = "ADDR" if option.name == "bind" else "N"
+            metavar = "ADDR" if option.name in ("bind", "fastcgi") else "N"
             serve.add_argument(
                 option.flag, type=option.kind, metavar=metavar, default=None, help=option.help
             )

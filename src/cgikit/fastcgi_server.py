@@ -4,13 +4,18 @@ Owns the I/O around ``fastcgi_connection.Connection`` (the sans-IO core, which o
 what the records mean): reading the socket when the core needs data, writing what it
 produces, and turning one request's events into a WSGI call through the shared seam
 (``gateway_server.GatewayServer.respond``). The listener and the thread pool are
-``gateway_server``'s. FastCGI 1.0 sections below; research:
+``gateway_server``'s and ``gateway_pool``'s. FastCGI 1.0 sections below; research:
 shared/research/fastcgi-anchors.md §4, §5, §9.
 
-- One request at a time per connection (MPXS_CONNS=0, §9.2); KEEP_CONN (§5.1) loops
-  for the next request on the same connection, without it the connection is closed
-  after END_REQUEST. Management records (§4) are answered by the core; their replies
-  are written after every event, between requests as well as during one.
+- One request at a time per connection (MPXS_CONNS=0, §9.2); with KEEP_CONN (§5.1) the
+  connection serves the next request too, without it the connection is closed after
+  END_REQUEST. Between requests a worker serves only what has arrived: with nothing to
+  read the connection goes back to the pool's poller, which hands it to a worker again
+  when the next request begins (an idle kept connection holds no thread). Management
+  records (§4) are answered by the core; their replies are written after every event,
+  between requests as well as during one.
+- ``FCGI_WEB_SERVER_ADDRS`` (§3.2), when set, lists the web servers that may connect
+  over TCP; any other peer is closed at once (``gateway_peers``).
 - The environ comes from the PARAMS (§5.2) decoded as latin-1 (PEP 3333); the shared
   builder drops HTTP_PROXY (httpoxy) and the HTTP_CONTENT_* copies nginx sends.
 - ``wsgi.input`` reads STDIN records (§5.3) only when the app reads: backpressure on
@@ -28,7 +33,6 @@ shared/research/fastcgi-anchors.md §4, §5, §9.
 
 from __future__ import annotations
 
-import select
 import socket
 from typing import Final
 
@@ -44,6 +48,7 @@ from cgikit.fastcgi_connection import (
     StdinData,
     StdinEnded,
 )
+from cgikit.gateway_pool import FIRST_INPUT_WAIT, Served, input_ready
 from cgikit.gateway_server import GatewayServer
 from cgikit.wsgi_request import ClientDisconnected
 
@@ -60,10 +65,11 @@ class FastCGIServer(GatewayServer):
     """Serve ``app`` over FastCGI; arguments and lifecycle as ``GatewayServer``."""
 
     protocol = "fastcgi"
+    peers_variable = "FCGI_WEB_SERVER_ADDRS"
 
-    def handle(self, sock: socket.socket, peer: str) -> None:
-        """Serve the requests of one web-server connection, one at a time."""
-        _FastCGIConnection(self, sock, peer).serve()
+    def connection(self, sock: socket.socket, peer: str) -> Served:
+        """The state of one web-server connection, whose requests come one at a time."""
+        return _FastCGIConnection(self, sock, peer)
 
 
 class _FastCGIConnection:
@@ -71,8 +77,10 @@ class _FastCGIConnection:
 
     def __init__(self, server: FastCGIServer, sock: socket.socket, peer: str) -> None:
         self.server, self.sock, self.peer = server, sock, peer
-        # GET_VALUES reports the pool: one connection per thread, one request each.
+        # GET_VALUES (§4.1) reports the pool: a request per thread at once, and as many
+        # connections to keep them all busy (idle ones beyond that are accepted too).
         self.conn = Connection(max_conns=server.threads, max_reqs=server.threads)
+        self.wait = FIRST_INPUT_WAIT  # for the first bytes; then only what has arrived
         self.request_id = 0
         self.stdin = bytearray()
         self.stdin_ended = self.aborted = False
@@ -80,37 +88,40 @@ class _FastCGIConnection:
     def log(self, message: str) -> None:
         self.server.log(f"{self.peer}: fastcgi: {message}")
 
-    def serve(self) -> None:
+    def serve(self) -> bool:
+        """Serve the requests that have arrived; True: wait in the poller for the next."""
         try:
-            while self._next_request():
-                pass
+            while (event := self._next_event(idle=True)) is not None:
+                if not self._between(event):
+                    return False
+            return True
         except FastCGIError as exc:
             self.log(f"protocol error, closing the connection: {exc.reason}")
         except OSError as exc:  # a write to a vanished web server
             self.log(f"connection lost: {exc}")
+        return False
 
-    def _next_request(self) -> bool:
-        """Wait for and serve one request; False when the connection is done."""
-        event = self._next_event(idle=True)
+    def _between(self, event: Event) -> bool:
+        """Act on an event between requests; False when the connection is done."""
         if isinstance(event, RequestStarted):
             return self._request(event.request_id)
         if isinstance(event, RequestRejected):
             return not event.close_connection
-        # None (idle timeout, shutdown) or ConnectionClosed; other events only come
-        # for an active request.
-        return False
+        return False  # ConnectionClosed; other events only come for an active request
 
     # -- reading ------------------------------------------------------------------------
 
     def _next_event(self, *, idle: bool) -> Event | None:
-        """The core's next event, reading the socket as needed; None: stop waiting."""
+        """The core's next event, reading the socket as needed; None (``idle``): nothing
+        has arrived, the connection is to wait in the poller rather than in this thread."""
         while True:
             event = self.conn.next_event()
             self._flush()
             if event is not NEED_DATA:
                 return event
-            if idle and not self.server.wait_readable(self.sock, self.server.idle_timeout):
+            if idle and not input_ready(self.sock, self.wait):
                 return None
+            self.wait = 0.0
             self._receive()
 
     def _flush(self) -> None:
@@ -131,7 +142,7 @@ class _FastCGIConnection:
         event = self.conn.next_event()
         self._flush()
         if event is NEED_DATA:
-            if not block and not _readable(self.sock):
+            if not block and not input_ready(self.sock):
                 return False
             self._receive()
         elif isinstance(event, StdinData):
@@ -216,9 +227,3 @@ class _Stderr:
 
     def flush(self) -> None:
         """Each write is sent at once."""
-
-
-def _readable(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))

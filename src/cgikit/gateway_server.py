@@ -1,27 +1,29 @@
-"""The listening side shared by cgikit's FastCGI and SCGI servers: address, socket, pool.
+"""The listening side shared by cgikit's FastCGI and SCGI servers: address, socket, server.
 
 Owns ``parse_address`` (the ``host:port``, ``[::1]:port`` and ``unix:/path`` forms of
 issue 4's ``--fastcgi``/``--scgi ADDR``), the listening socket (TCP with SO_REUSEADDR,
 or a Unix socket whose stale file is replaced, never a live one or a non-socket), and
-``GatewayServer``: a fixed pool of worker threads, each accepting and then serving one
-connection at a time, with a graceful ``shutdown`` as ``http_server.HTTPServer`` has.
-The protocols are the subclasses' (``fastcgi_server``, ``scgi_server``); the WSGI seam
-they share (environ from CGI variables, ``Response``) is ``wsgi_request`` and
-``wsgi_response``.
+``GatewayServer``: the app, its WSGI values and a graceful ``shutdown`` as
+``http_server.HTTPServer`` has, over ``gateway_pool.Pool``, which owns the concurrency
+(one poller for the listening socket and the idle kept connections, a fixed pool of
+worker threads for the requests, and why). The protocols are the subclasses'
+(``fastcgi_server``, ``scgi_server``); the WSGI seam they share (environ from CGI
+variables, ``Response``) is ``wsgi_request`` and ``wsgi_response``; the peers a FastCGI
+server admits (FCGI_WEB_SERVER_ADDRS) are ``gateway_peers``'.
 
 A gateway has nothing like HTTP's 503 to give a web server it cannot serve yet, so a
-worker accepts only when it is free: a connection waits in the kernel's listen backlog,
-which is the backpressure, and with several processes on one socket (prefork, issue 4)
-a free process takes it. A web server's connection is closed with a FIN and a short,
-bounded drain of unread input, so the response is not destroyed by an RST (research:
-shared/research/fastcgi-anchors.md §5 P6).
+connection is accepted only when a worker is free: it waits in the kernel's listen
+backlog, which is the backpressure, and with several processes on one socket (prefork,
+issue 4) a free process takes it. A kept connection waiting for its next request is not
+a busy worker: it waits in the poller. A web server's connection is closed with a FIN
+and a short, bounded drain of unread input, so the response is not destroyed by an RST
+(research: shared/research/fastcgi-anchors.md §5 P6).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import stat
 import sys
@@ -31,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from cgikit.gateway_peers import IPAddress, parse_peers, peer_allowed
+from cgikit.gateway_pool import Held, Pool, Served
 from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
 from cgikit.wsgi_response import ClientGone, FileWrapper, Response, serialize_cgi
 
@@ -42,7 +46,6 @@ __all__ = ["Address", "GatewayServer", "LogErrors", "listen", "parse_address"]
 
 _DRAIN_SECONDS: Final = 0.2  # reading a closed connection's unread input, at most
 _DRAIN_BYTES: Final = 1 << 20
-_ACCEPT_BACKOFF: Final = 0.1  # after EMFILE and the like, not to spin
 
 
 def _stderr_log(message: str) -> None:
@@ -161,11 +164,16 @@ class GatewayServer:
     ``address``: a string for ``parse_address``, an Address, or a listening socket
     (taken over: fd 0 from a web server, systemd's). Bound when the constructor
     returns; ``serve_forever`` serves until ``shutdown``. Subclasses implement
-    ``handle``. ``timeout`` bounds each read and write once a request has begun;
+    ``connection``. ``timeout`` bounds each read and write once a request has begun;
     ``idle_timeout`` how long a connection may wait for its next request.
+    ``multiprocess``: other processes serve the same socket (prefork), for
+    ``wsgi.multiprocess`` (PEP 3333).
     """
 
     protocol = "gateway"
+    # The variable listing the web servers allowed to connect over TCP (FastCGI's
+    # FCGI_WEB_SERVER_ADDRS); None: anyone may.
+    peers_variable: str | None = None
 
     def __init__(
         self,
@@ -175,6 +183,7 @@ class GatewayServer:
         threads: int = 8,
         timeout: float = 60.0,
         idle_timeout: float = 300.0,
+        multiprocess: bool = False,
         log: Callable[[str], object] = _stderr_log,
     ) -> None:
         if type(threads) is not int or threads < 1:
@@ -183,6 +192,12 @@ class GatewayServer:
             raise ValueError("timeout and idle_timeout must be positive")
         self.app, self.threads, self.log = app, threads, log
         self.timeout, self.idle_timeout = timeout, idle_timeout
+        self.allowed_peers = self._allowed_peers()
+        self._extras = {
+            "wsgi.multithread": threads > 1,
+            "wsgi.multiprocess": bool(multiprocess),
+            "wsgi.run_once": False,
+        }
         self._unlink: tuple[str, int] | None = None
         if isinstance(address, socket.socket):
             self.socket = address
@@ -194,13 +209,25 @@ class GatewayServer:
             if address.path is not None:
                 self._unlink = (address.path, os.stat(address.path).st_ino)
         self.server_address: tuple[str, int] | str = self._bound_address()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._pool = Pool(
+            self.socket,
+            threads=threads,
+            idle_timeout=idle_timeout,
+            serve=self._serve,
+            admit=self._admit,
+            close=_close,
+            log=log,
+            name=f"cgikit-{self.protocol}",
+        )
         self._lock = threading.Lock()
-        self._active: set[socket.socket] = set()
         self._stop_requested = threading.Event()
         self._done = threading.Event()
         self._serving = False
-        self._grace = 10.0
+
+    def _allowed_peers(self) -> frozenset[IPAddress] | None:
+        if self.peers_variable is None or self.peers_variable not in os.environ:
+            return None
+        return parse_peers(os.environ[self.peers_variable], self.peers_variable)
 
     def _bound_address(self) -> tuple[str, int] | str:
         name = self.socket.getsockname()
@@ -208,15 +235,15 @@ class GatewayServer:
 
     @property
     def stopping(self) -> bool:
-        """True once ``shutdown`` was called: finish the request, take no new one."""
+        """True once ``shutdown`` was called: requests begun are served, idle ones closed."""
         return self._stop_requested.is_set()
 
     def environ_extras(self) -> dict[str, object]:
-        """PEP 3333 values for a long-running threaded server (build_environ sets CGI's)."""
-        return {"wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False}
+        """PEP 3333 values for this long-running server (build_environ sets CGI's)."""
+        return dict(self._extras)
 
-    def handle(self, sock: socket.socket, peer: str) -> None:
-        """Serve one accepted connection; the caller closes it afterwards."""
+    def connection(self, sock: socket.socket, peer: str) -> Served:
+        """The protocol's state for a connection just accepted (subclasses)."""
         raise NotImplementedError
 
     def serve_forever(self) -> None:
@@ -225,29 +252,24 @@ class GatewayServer:
             if self._serving or self.stopping:
                 raise RuntimeError("serve_forever() runs once per server")
             self._serving = True
-        workers = [
-            threading.Thread(target=self._work, name=f"cgikit-{self.protocol}-{n}", daemon=True)
-            for n in range(self.threads)
-        ]
-        for worker in workers:
-            worker.start()
-        self._stop_requested.wait()
-        self._stop(workers)
+        try:
+            self._pool.run()
+        finally:
+            self._close_sockets()
+            self._done.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting; let in-flight requests finish for up to ``timeout`` seconds.
 
-        Returns once ``serve_forever`` has returned (at once if it never ran).
-        Connections still busy after ``timeout`` are cut.
+        Idle connections are closed. Returns once ``serve_forever`` has returned (at
+        once if it never ran). Connections still busy after ``timeout`` are cut.
         """
         with self._lock:
-            self._grace = timeout
             serving = self._serving
             self._stop_requested.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")  # never read: every poll on it sees it readable
         if serving:
-            self._done.wait(timeout + 5.0)
+            self._pool.stop(timeout)
+            self._done.wait(timeout + 10.0)
         else:
             self._close_sockets()
 
@@ -256,14 +278,6 @@ class GatewayServer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-    def wait_readable(self, sock: socket.socket, timeout: float) -> bool:
-        """Wait for input on ``sock``; False on timeout or when the server stops."""
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
-        return sock.fileno() in ready and not self.stopping
 
     def respond(
         self,
@@ -281,64 +295,37 @@ class GatewayServer:
             log(f"cannot serve this request: {exc.reason}")
             _answer(send, exc.status)
             return
-        environ.update(self.environ_extras())
+        environ.update(self._extras)
         environ["wsgi.file_wrapper"] = FileWrapper
         Response(environ, send, log).run(self.app)
 
-    # -- the workers ------------------------------------------------------------------
+    # -- the pool's callbacks ------------------------------------------------------------
 
-    def _work(self) -> None:
-        poller = select.poll()
-        poller.register(self.socket, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self.stopping:
-            ready = {fd for fd, _ in poller.poll()}
-            if self.stopping or self._wake_r.fileno() in ready:
-                return
-            try:
-                sock, addr = self.socket.accept()
-            except BlockingIOError:  # another worker or process took it
-                continue
-            except OSError as exc:  # EMFILE, ENOBUFS: back off rather than spin
-                self.log(f"accept failed: {exc}")
-                time.sleep(_ACCEPT_BACKOFF)
-                continue
-            self._serve(sock, _peer_name(addr))
+    def _admit(self, sock: socket.socket, addr: object) -> Held | None:
+        """A connection just accepted (on the poller's thread): held, or refused and closed."""
+        peer = _peer_name(addr)
+        if self.allowed_peers is not None and not peer_allowed(addr, self.allowed_peers):
+            # FastCGI 1.0 §3.2: a peer not in FCGI_WEB_SERVER_ADDRS is closed at once.
+            self.log(f"{peer}: not in {self.peers_variable}, connection closed")
+            sock.close()
+            return None
+        return Held(sock, peer)
 
-    def _serve(self, sock: socket.socket, peer: str) -> None:
-        with self._lock:
-            self._active.add(sock)
+    def _serve(self, held: Held) -> bool:
+        """In a worker: serve what ``held`` has at hand; True keeps it (``Pool``)."""
         try:
-            sock.settimeout(self.timeout)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.handle(sock, peer)
+            if held.handler is None:
+                held.sock.settimeout(self.timeout)
+                if held.sock.family != socket.AF_UNIX:
+                    held.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                held.handler = self.connection(held.sock, held.peer)
+            return held.handler.serve()
         except Exception as exc:  # a bug must not kill the worker; log it
-            self.log(f"{peer}: connection failed: {exc!r}")
-        finally:
-            with self._lock:
-                self._active.discard(sock)
-            _close(sock)
-
-    def _stop(self, workers: list[threading.Thread]) -> None:
-        self.socket.close()  # new clients get a refused connect (or wait elsewhere)
-        deadline = time.monotonic() + self._grace
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            busy = list(self._active)
-        for sock in busy:  # past the grace period: cut, so reads and writes fail
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for worker in workers:
-            worker.join(5.0)
-        self._close_sockets()
-        self._done.set()
+            self.log(f"{held.peer}: connection failed: {exc!r}")
+            return False
 
     def _close_sockets(self) -> None:
         self.socket.close()
-        self._wake_r.close()
-        self._wake_w.close()
         if self._unlink is not None:
             path, inode = self._unlink
             with contextlib.suppress(OSError):

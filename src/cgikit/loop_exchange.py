@@ -28,10 +28,11 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from cgikit.cgi_host import (
     MAX_REDIRECTS,
+    TEXT_PLAIN,
     HostRequest,
     Refused,
     error_body,
@@ -44,6 +45,7 @@ from cgikit.host_parts import NPH_DROPPED, NphOutput
 from cgikit.http_connection import frame_head
 from cgikit.script_task import ScriptTask
 from cgikit.wsgi_request import build_environ
+from cgikit.wsgi_response import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from cgikit.http_request import Request
@@ -51,8 +53,6 @@ if TYPE_CHECKING:
     from cgikit.site_server import FastRoute
 
 __all__ = ["LoopExchange"]
-
-_TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
 
 
 def _host_log(line: str) -> None:
@@ -147,7 +147,7 @@ class LoopExchange:
             headers = [(n, v) for n, v in headers if n.lower() not in NPH_DROPPED]
         self.emit = request.method != "HEAD" and head.body_allowed
         if head.kind in (CLIENT_REDIRECT, LOCAL_REDIRECT):  # §6.2.3: no document
-            headers, self.emit = [*headers, _TEXT], False
+            headers, self.emit = [*headers, TEXT_PLAIN], False
         self._head = (f"{head.status} {head.reason or 'Unknown'}", headers)
 
     def _redirect(self, location: str) -> None:
@@ -220,7 +220,7 @@ class LoopExchange:
             raise RuntimeError("the head was sent already")
         status, headers = self._head
         self._head = None
-        if length is not None and int(status[:3]) not in _NO_LENGTH:
+        if length is not None and int(status[:3]) not in NO_BODY_STATUSES:
             headers = [*headers, ("Content-Length", str(length))]
         keep = self.keep_alive and not self.conn.stopping()
         head, self.framing, self.keep_alive, _ = frame_head(
@@ -251,6 +251,3 @@ class LoopExchange:
             f'HTTP/{request.version[0]}.{request.version[1]}" {self.status[:3]} '
             f"{self.body_sent} {time.monotonic() - self.started:.3f}s",
         )
-
-
-_NO_LENGTH: Final = frozenset({204, 304}) | frozenset(range(100, 200))

@@ -63,6 +63,7 @@ class LoopServer(HTTPServer):
         self.route: Callable[[str], FastRoute | None] = app.fast_route
         self.loop: Loop | None = None
         self.connections: set[LoopConnection] = set()
+        self.handed_over = 0  # requests given to the thread pool (tests count them)
 
     @property
     def stopping(self) -> bool:
@@ -141,6 +142,7 @@ class LoopServer(HTTPServer):
     def hand_over(self, conn: LoopConnection, request: Request) -> None:
         """Give a connection and its parsed request head to the thread pool."""
         self.connections.discard(conn)
+        self.handed_over += 1
         conn.sock.setblocking(True)
         with self._lock:
             self._queue.append((conn.sock, conn.remote, (conn.parser, request)))

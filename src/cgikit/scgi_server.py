@@ -4,7 +4,8 @@ Owns the I/O around ``scgi_request.SCGIRequestParser`` (the sans-IO parser, whic
 owns the netstring and the body's bounds): reading the socket when the parser needs
 data, and turning the one request of a connection into a WSGI call through the shared
 seam (``gateway_server.GatewayServer.respond``). The listener and the thread pool are
-``gateway_server``'s. Research: shared/research/fastcgi-anchors.md §4, §5 (SCGI).
+``gateway_server``'s and ``gateway_pool``'s. Research: shared/research/fastcgi-anchors.md
+§4, §5 (SCGI).
 
 - One request per connection (SCGI item 7): the response is the CGI header block
   (``Status:``, which nginx parses) and the body, written to the socket as the app
@@ -24,6 +25,7 @@ from __future__ import annotations
 import socket
 from typing import Final
 
+from cgikit.gateway_pool import FIRST_INPUT_WAIT, Served, input_ready
 from cgikit.gateway_server import GatewayServer, LogErrors
 from cgikit.scgi_request import (
     NEED_DATA,
@@ -47,9 +49,9 @@ class SCGIServer(GatewayServer):
 
     protocol = "scgi"
 
-    def handle(self, sock: socket.socket, peer: str) -> None:
-        """Serve the one request of ``sock``."""
-        _SCGIConnection(self, sock, peer).serve()
+    def connection(self, sock: socket.socket, peer: str) -> Served:
+        """The state of a connection and its one request."""
+        return _SCGIConnection(self, sock, peer)
 
 
 class _SCGIConnection:
@@ -59,15 +61,22 @@ class _SCGIConnection:
         self.body = bytearray()  # received, not yet read by the app
         self.body_done = False
         self.gone = False  # the web server closed mid-body: nothing more is written
+        self.parked = False  # given back to the poller once, to wait for its request
 
     def log(self, message: str) -> None:
         self.server.log(f"{self.peer}: scgi: {message}")
 
-    def serve(self) -> None:
-        # The first byte may be long in coming on a pre-opened connection; the request
-        # itself then has ``timeout`` per read.
-        if not self.server.wait_readable(self.sock, self.server.idle_timeout):
-            return
+    def serve(self) -> bool:
+        """Serve the request; True (nothing has arrived yet): wait in the poller."""
+        # The first byte may be long in coming on a pre-opened connection: it waits in
+        # the pool's poller, not in a thread. The request then has ``timeout`` per read.
+        if not self.parked and not input_ready(self.sock, FIRST_INPUT_WAIT):
+            self.parked = True  # the poller gives it back once input has come
+            return True
+        self._serve()
+        return False
+
+    def _serve(self) -> None:
         try:
             event = self._next_event()
         except IncompleteRequest as exc:

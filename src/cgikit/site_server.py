@@ -6,7 +6,11 @@ submodule of that name would replace it as the package's attribute once imported
 The composition of the host side: ``Dispatcher`` (a WSGI app) routes each request to a
 ``CGIHost`` (cgi_host) or to ``StaticFiles`` (static_files); ``make_server`` puts it
 behind ``LoopServer`` (loop_server: an event loop answers CGI directory requests,
-``HTTPServer``'s threads the rest); ``serve`` runs that until SIGTERM or Ctrl-C.
+``HTTPServer``'s threads the rest); ``serve`` binds that, gives up root and runs it
+until SIGTERM or Ctrl-C (the processes: site_workers). With ``fastcgi=ADDR`` (``cgikit
+serve --fastcgi``), ``serve`` puts a ``Dispatcher`` made with ``files=False`` (scripts
+only, every other path a 404) behind FastCGI servers instead: fastcgi_bridge, whose
+docstring has what the bridge takes from the web server and what it ignores.
 
 Routing, in this order, on the normalised request path (``cgi_paths.normalize_target``
 of the raw request-target, the same rules everywhere):
@@ -29,18 +33,17 @@ of the raw request-target, the same rules everywhere):
 a script until its response is closed; a request waits up to ``PROC_WAIT`` seconds for
 a slot, then gets a 503 with Retry-After and a log line (issue 3, behaviour 4).
 
-Process hygiene: ``serve`` makes the process a child subreaper on Linux (below).
+Process hygiene: the serving process is a child subreaper on Linux (site_workers).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from cgikit import Option, resolve
@@ -50,9 +53,9 @@ from cgikit.cgi_paths import UnsafePath, normalize_target, raw_target, split_tar
 from cgikit.host_options import HOST_OPTIONS, host_settings
 from cgikit.http_server import HTTPServer
 from cgikit.loop_server import LoopServer
-from cgikit.prefork import become_subreaper, run_workers
+from cgikit.prefork import become_subreaper
 from cgikit.privileges import drop_privileges
-from cgikit.process_group import kill_all
+from cgikit.site_workers import Listening, Serving, log, serve_site
 from cgikit.static_files import StaticFiles
 
 __all__ = [
@@ -74,6 +77,10 @@ SERVE_OPTIONS = (
            "(::1) binds IPv6. Give 0.0.0.0 to be reachable from other machines."),
     Option("port", "CGIKIT_PORT", int, 8000,
            "TCP port; 0 picks a free one (the start-up line shows which)."),
+    Option("fastcgi", "CGIKIT_FASTCGI", str, None,
+           "Serve FastCGI on ADDR (host:port, [::1]:port or unix:/path) instead of HTTP, "
+           "for a web server in front (the fcgiwrap role): the same CGI routing, no static "
+           "files (404); bind and port are unused. See docs/deploy/nginx-cgi-bridge.conf."),
     Option("cgi_dir", "CGIKIT_CGI_DIR", list, (),
            "More CGI directories, URLPATH=DIR (repeatable); /cgi-bin=ROOT/cgi-bin is always "
            "mapped when it exists, unless a cgi_dir gives /cgi-bin. Nothing below URLPATH "
@@ -136,7 +143,9 @@ class Dispatcher:
         max_procs: int | None = None,
         proc_wait: float = PROC_WAIT,
         host_options: Mapping[str, object] | None = None,
+        files: bool = True,
     ) -> None:
+        self.files = files  # False: scripts only, the rest is a 404 (the FastCGI bridge)
         host_options = dict(host_options or {})
         host_settings(host_options)  # checked even when no CGIHost is made (no cgi-bin)
         self.static = StaticFiles(root)
@@ -166,7 +175,9 @@ class Dispatcher:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             segments = normalize_target(split_target(raw_target(environ))[0])
-        except (UnsafePath, UnicodeEncodeError):
+        except (UnsafePath, UnicodeEncodeError) as exc:
+            if not self.files:
+                return _refuse(environ, start_response, exc)
             return self.static(environ, start_response)  # answers the same error
         for prefix, url, host in self.mounts:
             if segments[: len(prefix)] == prefix:
@@ -176,6 +187,8 @@ class Dispatcher:
         if self.ext_host is not None and self._ext_script(segments):
             mounted = {**environ, "SCRIPT_NAME": ""}
             return self._run(self.ext_host, mounted, start_response)
+        if not self.files:  # the web server in front serves the files
+            return _answer(start_response, "404 Not Found", environ)
         if self._in_cgi_dir(segments):
             environ["wsgi.errors"].write("cgikit: a CGI directory's file asked as static\n")
             return _answer(start_response, "404 Not Found", environ)
@@ -298,6 +311,14 @@ def _answer(
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
+def _refuse(environ: dict[str, Any], start_response: StartResponse, exc: ValueError) -> list[bytes]:
+    """The answer to a path no route may take: 400 or 404 (``cgi_paths``), logged."""
+    status = exc.status if isinstance(exc, UnsafePath) else 400
+    reason = exc.reason if isinstance(exc, UnsafePath) else "the path is not latin-1"
+    environ["wsgi.errors"].write(f"cgikit: {environ.get('REQUEST_URI', '')!r}: {reason}\n")
+    return _answer(start_response, f"{status} {HTTPStatus(status).phrase}", environ)
+
+
 def _cgi_dirs(root: str, entries: Iterable[str]) -> dict[str, str]:
     """The URL prefix -> directory map: /cgi-bin by default, then the ``cgi_dir`` entries."""
     dirs: dict[str, str] = {}
@@ -337,6 +358,8 @@ def _settings(given: Mapping[str, object]) -> dict[str, object]:
     for name in ("cgi_dir", "cgi_ext"):
         if isinstance(values[name], str):
             raise TypeError(f"{name} must be a list of strings, not {values[name]!r}")
+    if values["fastcgi"] is not None and not isinstance(values["fastcgi"], str):
+        raise TypeError(f"fastcgi must be an address string, not {values['fastcgi']!r}")
     return values
 
 
@@ -345,17 +368,24 @@ def make_server(root: str | os.PathLike[str], **options: object) -> tuple[HTTPSe
 
     ``options`` are the ``SERVE_OPTIONS`` keywords; one not given comes from its
     ``CGIKIT_*`` environment variable, else its default (``cgikit.resolve``). The
-    server is one process (``workers`` and ``user`` are ``serve``'s business).
+    server is one process (``workers`` and ``user`` are ``serve``'s business), HTTP
+    (``fastcgi`` is ``serve``'s too).
 
     Raises:
         TypeError, ValueError: an unknown option or a bad value.
         NotADirectoryError: ``root`` or a CGI directory is not a directory.
         OSError: the address cannot be bound.
     """
-    return _build(root, _settings(options))
+    values = _settings(options)
+    if values["fastcgi"] is not None:
+        raise ValueError("make_server serves HTTP; serve(root, fastcgi=ADDR) serves FastCGI")
+    return _build(root, values)
 
 
-def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTTPServer, str]:
+def _dispatcher(
+    root: str | os.PathLike[str], values: dict[str, object], files: bool = True
+) -> tuple[Dispatcher, str]:
+    """The site's app, and its CGI routes as the start-up line shows them."""
     root_path = os.path.realpath(root)
     dirs = _cgi_dirs(root_path, values["cgi_dir"])  # type: ignore[arg-type]
     exts: tuple[str, ...] = tuple(values["cgi_ext"])  # type: ignore[arg-type]
@@ -365,7 +395,13 @@ def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTT
         exts,
         values["max_procs"],  # type: ignore[arg-type]
         host_options={name: values[name] for name in _HOST_NAMES},
+        files=files,
     )
+    return app, ", ".join([*dirs, *("*" + ext for ext in exts)]) or "none"
+
+
+def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTTPServer, str]:
+    app, cgi = _dispatcher(root, values)
     server = LoopServer(
         app,
         str(values["bind"]),
@@ -375,78 +411,50 @@ def _build(root: str | os.PathLike[str], values: dict[str, object]) -> tuple[HTT
     )
     host, port = server.server_address
     shown = f"[{host}]" if ":" in host else host
-    cgi = ", ".join([*dirs, *("*" + ext for ext in exts)]) or "none"
+    root_path = app.static.root
     return server, f"cgikit: serving {root_path} at http://{shown}:{port}/ (CGI: {cgi})"
+
+
+def _listen_http(root: str | os.PathLike[str], values: dict[str, object]) -> Listening:
+    server, line = _build(root, values)
+    app: Dispatcher = server.app  # type: ignore[assignment]
+
+    def make(shared: bool) -> Serving:
+        if shared:  # another process may have a free thread: let it take the connection
+            server.defer_when_busy = BUSY_DEFER
+        return server  # made before the fork, as it always was
+
+    return Listening(app, line, server.threads, make, server.socket.close, _no_slot)
 
 
 def serve(root: str | os.PathLike[str], **options: object) -> None:
     """Serve the site under ``root`` until SIGTERM or Ctrl-C; then stop cleanly.
 
-    ``options`` are the ``SERVE_OPTIONS`` keywords (``make_server``). Binds, gives up
-    root (``user``: privileges), then serves in ``workers`` processes (prefork; one
-    serves in this process). Writes the start-up line and an access log line per
-    request to stderr. In-flight requests get ``grace`` seconds to finish; scripts
-    still running after that are killed. Call it from the main thread.
+    ``options`` are the ``SERVE_OPTIONS`` keywords (``make_server``); with ``fastcgi``,
+    its CGI scripts over FastCGI instead (``fastcgi_bridge``). Binds, gives up root
+    (``user``: privileges), then serves in ``workers`` processes (prefork; one serves in
+    this process). Writes the start-up line to stderr, and over HTTP an access log line
+    per request. In-flight requests get ``grace`` seconds to finish; scripts still
+    running after that are killed. Call it from the main thread.
 
     Raises:
         as ``make_server``; PermissionError: ``user`` cannot be switched to.
     """
     values = _settings(options)
-    server, line = _build(root, values)
+    if values["fastcgi"] is None:
+        site = _listen_http(root, values)
+    else:
+        from cgikit import fastcgi_bridge  # the FastCGI server only when asked for
+
+        app, cgi = _dispatcher(root, values, files=False)
+        threads: int = values["threads"]  # type: ignore[assignment]
+        site = fastcgi_bridge.listen_site(app, cgi, str(values["fastcgi"]), threads)
     try:
-        user = drop_privileges(values["user"], _log)  # type: ignore[arg-type]
-    except BaseException:
-        server.socket.close()
-        raise
-    workers: int = values["workers"]  # type: ignore[assignment]
-    max_procs: int | None = values["max_procs"]  # type: ignore[assignment]
-    if max_procs is not None:
-        workers = min(workers, max_procs)  # every worker gets at least one slot
-    _log(line)
-    _log(f"cgikit: {workers} worker process(es) x {server.threads} threads, as user {user}")
-    app: Dispatcher = server.app  # type: ignore[assignment]
-    grace: float = values["grace"]  # type: ignore[assignment]
-    if workers == 1:
-        _serve_here(server, grace)
-        return
-    server.defer_when_busy = BUSY_DEFER
-
-    def work(index: int, stop: threading.Event) -> None:
-        if max_procs is not None:  # shared out: the first ones take the remainder
-            app.limit_procs(max_procs // workers + int(index < max_procs % workers))
-        _serve_until(server, stop, grace)
-
-    run_workers(workers, work, log=_log, grace=grace, on_stop=server.socket.close)
-    _log("cgikit: stopped")
-
-
-def _serve_here(server: HTTPServer, grace: float) -> None:
-    """One process: this one serves, until SIGTERM or SIGINT."""
-    become_subreaper()
-    stop = threading.Event()
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):  # the main thread only
-        previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    try:
-        _serve_until(server, stop, grace)
+        try:
+            user = drop_privileges(values["user"], log)  # type: ignore[arg-type]
+        except BaseException:
+            site.close()
+            raise
+        serve_site(site, user, values)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _serve_until(server: HTTPServer, stop: threading.Event, grace: float) -> None:
-    """Serve on a thread until ``stop``; shut down; kill the scripts left running."""
-    thread = threading.Thread(target=server.serve_forever, name="cgikit-serve")
-    thread.start()
-    try:
-        while thread.is_alive() and not stop.wait(0.5):
-            pass
-        _log("cgikit: shutting down")
-    finally:
-        server.shutdown(grace)
-        thread.join(grace + 10.0)
-        kill_all(_log)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+        site.release()
