@@ -28,27 +28,36 @@ from serve.servekit import write_script
 
 PY = sys.executable
 TIMEOUT = 10.0
+
+
+def sh(output: str) -> str:
+    """A sh script printing ``output`` (printf escapes: \\n, \\r\\n)."""
+    return f"#!/bin/sh\nprintf '{output}'\n"
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
+
+
 SCRIPTS = {
-    "hello.sh": "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhello\\n'\n",
-    "crlf.sh": "#!/bin/sh\nprintf 'Content-type: text/plain\\r\\nX-A: 1\\r\\n\\r\\nbody'\n",
-    "status.sh": "#!/bin/sh\nprintf 'Status: 404 Gone Fishing\\nContent-Type: text/plain\\n\\nno\\n'\n",
-    "bare-status.sh": "#!/bin/sh\nprintf 'status: 201\\nContent-Type: text/plain\\n\\n'\n",
-    "nobody.sh": "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\n",
-    "notype.sh": "#!/bin/sh\nprintf 'Status: 200 OK\\n\\nraw bytes'\n",
-    "204.sh": "#!/bin/sh\nprintf 'Status: 204 No Content\\n\\nignored'\n",
-    "client-redirect.sh": "#!/bin/sh\nprintf 'Location: http://example.org/x\\n\\n'\n",
-    "redirect-doc.sh": (
-        "#!/bin/sh\nprintf 'Status: 301 Moved\\nLocation: /y\\nContent-Type: text/html\\n\\n<a>y</a>'\n"
+    "hello.sh": sh("Content-Type: text/plain\\n\\nhello\\n"),
+    "crlf.sh": sh("Content-type: text/plain\\r\\nX-A: 1\\r\\n\\r\\nbody"),
+    "status.sh": sh("Status: 404 Gone Fishing\\nContent-Type: text/plain\\n\\nno\\n"),
+    "bare-status.sh": sh("status: 201\\nContent-Type: text/plain\\n\\n"),
+    "nobody.sh": sh("Content-Type: text/plain\\n\\n"),
+    "notype.sh": sh("Status: 200 OK\\n\\nraw bytes"),
+    "204.sh": sh("Status: 204 No Content\\n\\nignored"),
+    "client-redirect.sh": sh("Location: http://example.org/x\\n\\n"),
+    "redirect-doc.sh": sh("Status: 301 Moved\\nLocation: /y\\nContent-Type: text/html\\n\\n<a>"),
+    "local-redirect.sh": sh("Location: /cgi-bin/hello.sh?from=redirect\\n\\n"),
+    "loop.sh": sh("Location: /cgi-bin/loop.sh\\n\\n"),
+    "away.sh": sh("Location: /elsewhere\\n\\n"),
+    "cookies.sh": sh(
+        "Content-Type: text/plain\\nSet-Cookie: a=1\\nSet-Cookie: b=2\\n"
+        "Content-Length: 999\\nConnection: close\\n\\nok"
     ),
-    "local-redirect.sh": "#!/bin/sh\nprintf 'Location: /cgi-bin/hello.sh?from=redirect\\n\\n'\n",
-    "loop.sh": "#!/bin/sh\nprintf 'Location: /cgi-bin/loop.sh\\n\\n'\n",
-    "away.sh": "#!/bin/sh\nprintf 'Location: /elsewhere\\n\\n'\n",
-    "cookies.sh": (
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\nSet-Cookie: a=1\\nSet-Cookie: b=2\\n"
-        "Content-Length: 999\\nConnection: close\\n\\nok'\n"
-    ),
-    "nph-raw.sh": "#!/bin/sh\nprintf 'HTTP/1.1 202 Taken\\r\\nServer: x\\r\\nX-N: 1\\r\\n\\r\\nnph'\n",
-    "echo.sh": "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-Len: %s\\n\\n' \"$CONTENT_LENGTH\"; cat\n",
+    "nph-raw.sh": sh("HTTP/1.1 202 Taken\\r\\nServer: x\\r\\nX-N: 1\\r\\n\\r\\nnph"),
+    "echo.sh": sh("Content-Type: text/plain\\nX-Len: %s\\n\\n' \"$CONTENT_LENGTH\"; cat; printf '"),
     "env.sh": (  # the ports differ between the two servers: left out
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'; env | sort | "
         "grep -v -e '^_=' -e '^REMOTE_PORT=' -e '^SERVER_PORT='\n"
@@ -59,24 +68,31 @@ SCRIPTS = {
     "stderr.sh": "#!/bin/sh\necho 'to the log' >&2\nprintf 'Content-Type: text/plain\\n\\nx'\n",
 }
 REQUESTS = {  # name: raw request (Connection: close, so each response ends at the close)
-    "hello": b"GET /cgi-bin/hello.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "crlf": b"GET /cgi-bin/crlf.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "status": b"GET /cgi-bin/status.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "bare-status": b"GET /cgi-bin/bare-status.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "nobody": b"GET /cgi-bin/nobody.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "notype": b"GET /cgi-bin/notype.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "204": b"GET /cgi-bin/204.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "client-redirect": b"GET /cgi-bin/client-redirect.sh HTTP/1.1\r\nHost: h\r\n"
-    b"Connection: close\r\n\r\n",
-    "redirect-doc": b"GET /cgi-bin/redirect-doc.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "local-redirect": b"GET /cgi-bin/local-redirect.sh HTTP/1.1\r\nHost: h\r\n"
-    b"Connection: close\r\n\r\n",
-    "redirect-loop": b"GET /cgi-bin/loop.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "redirect-away": b"GET /cgi-bin/away.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "cookies": b"GET /cgi-bin/cookies.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "nph": b"GET /cgi-bin/nph-raw.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "head": b"HEAD /cgi-bin/hello.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "head-nobody": b"HEAD /cgi-bin/nobody.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    **{
+        name: get(f"/cgi-bin/{name}.sh")
+        for name in (
+            "hello",
+            "crlf",
+            "status",
+            "bare-status",
+            "nobody",
+            "notype",
+            "204",
+            "client-redirect",
+            "redirect-doc",
+            "local-redirect",
+            "cookies",
+            "big",
+            "garbage",
+            "silent",
+            "stderr",
+        )
+    },
+    "redirect-loop": get("/cgi-bin/loop.sh"),
+    "redirect-away": get("/cgi-bin/away.sh"),
+    "nph": get("/cgi-bin/nph-raw.sh"),
+    "head": get("/cgi-bin/hello.sh", "HEAD"),
+    "head-nobody": get("/cgi-bin/nobody.sh", "HEAD"),
     "http10": b"GET /cgi-bin/hello.sh HTTP/1.0\r\n\r\n",
     "http10-keep": b"GET /cgi-bin/nobody.sh HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
     b"GET /cgi-bin/hello.sh HTTP/1.0\r\n\r\n",
@@ -85,16 +101,11 @@ REQUESTS = {  # name: raw request (Connection: close, so each response ends at t
     "env": b"GET /cgi-bin/env.sh/extra/path?a=b&c HTTP/1.1\r\nHost: h:8\r\nX-Custom: v\r\n"
     b"Cookie: a=1\r\nCookie: b=2\r\nProxy: evil\r\nAuthorization: secret\r\n"
     b"Connection: close\r\n\r\n",
-    "big": b"GET /cgi-bin/big.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "garbage": b"GET /cgi-bin/garbage.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "silent": b"GET /cgi-bin/silent.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "stderr": b"GET /cgi-bin/stderr.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "missing": b"GET /cgi-bin/nope.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "not-executable": b"GET /cgi-bin/data.txt HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    "directory": b"GET /cgi-bin/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    "missing": get("/cgi-bin/nope.sh"),
+    "not-executable": get("/cgi-bin/data.txt"),
+    "directory": get("/cgi-bin/"),
     "pipelined": b"GET /cgi-bin/hello.sh HTTP/1.1\r\nHost: h\r\n\r\n"
-    b"GET /cgi-bin/status.sh?x HTTP/1.1\r\nHost: h\r\n\r\n"
-    b"GET /cgi-bin/nobody.sh HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /cgi-bin/status.sh?x HTTP/1.1\r\nHost: h\r\n\r\n" + get("/cgi-bin/nobody.sh"),
 }
 HANDED = {  # requests the loop gives to its threads: answered all the same
     "static": (b"GET /index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", b"<p>hi"),
