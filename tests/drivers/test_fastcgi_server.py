@@ -255,23 +255,16 @@ def test_parse_address() -> None:
             parse_address(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TimeoutError, EOFError),
-    reason="a kept connection holds its worker thread while idle: with more idle kept "
-    "connections than threads (Apache enablereuse=on, nginx keepalive over the thread "
-    "count) a new connection waits in the backlog until one times out",
-)
 def test_idle_kept_connection_does_not_starve_a_new_one() -> None:
     """Apache (enablereuse) and nginx (keepalive) may keep more idle connections than
     there are workers: a new connection must not wait behind them for the idle timeout.
     (Closing an idle connection to make room races with the web server sending on it:
-    nginx then answers a POST with 502. The fix is to hold idle connections in the
-    poller, not in a thread.)"""
+    nginx then answers a POST with 502. Idle connections wait in the pool's poller, not
+    in a thread: tests/drivers/test_gateway_pool.py has more.)"""
     with running(FastCGIServer, hello, threads=1) as srv:
         idle = srv.connect()
         idle.sendall(request_bytes(keep=True))
-        assert read_reply(idle).body == b"Hello, world!"  # now idle, holding the worker
+        assert read_reply(idle).body == b"Hello, world!"  # now idle, in the poller
         waiting = srv.connect()
         waiting.settimeout(1.0)  # a request served at once, not after the idle timeout
         waiting.sendall(request_bytes())

@@ -91,6 +91,18 @@ def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[byt
     return target(environ, start_response)
 
 
+class _Numbered:
+    """A connection's protocol state with its number, which ``serve`` tells ``connection``
+    (whichever worker thread serves it: an idle kept connection waits in the poller)."""
+
+    def __init__(self, inner: Any, number: int) -> None:
+        self.inner, self.number = inner, number
+
+    def serve(self) -> bool:
+        _served.connection = self.number
+        return bool(self.inner.serve())
+
+
 def main(argv: list[str]) -> int:
     """Serve ``app`` over ``argv[0]`` (fastcgi or scgi) on ``argv[1]`` until SIGTERM."""
     from cgikit.fastcgi_server import FastCGIServer
@@ -105,11 +117,11 @@ def main(argv: list[str]) -> int:
         accepted = 0
         lock = threading.Lock()
 
-        def handle(self, sock: socket.socket, peer: str) -> None:
+        def connection(self, sock: socket.socket, peer: str) -> Any:
             with self.lock:
                 Counting.accepted += 1
-                _served.connection = Counting.accepted
-            super().handle(sock, peer)
+                number = Counting.accepted
+            return _Numbered(super().connection(sock, peer), number)
 
     # Threads as cgikit run's default (2 workers of 8): the backend serves several web
     # servers' connections, nginx's kept ones among them.
