@@ -172,7 +172,12 @@ def _request_body(environ: dict[str, Any], max_body: int) -> RequestBody:
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if not (chunked or environ.get("wsgi.input_terminated")):
         return RequestBody(None, -1)
-    body = RequestBody.spool(stream, max_body)
+    first = b""
+    if not chunked:  # most such requests have no body: no spool file made for them
+        first = stream.read(1)
+        if not first:
+            return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (§4.1.2)
+    body = RequestBody.spool(stream, max_body, first)
     if body is None:
         raise Refused(413, f"a chunked body over max_body ({max_body} bytes)")
     if body.length == 0 and not chunked:

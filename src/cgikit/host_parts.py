@@ -118,8 +118,9 @@ class RequestBody:
             self._source.close()
 
     @classmethod
-    def spool(cls, source: IO[bytes], max_body: int) -> RequestBody | None:
-        """Read ``source`` to its end into memory, then a temporary file past 1 MiB.
+    def spool(cls, source: IO[bytes], max_body: int, first: bytes = b"") -> RequestBody | None:
+        """Read ``first`` and then ``source`` to its end into memory, then a temporary
+        file past 1 MiB.
 
         Returns None (the caller answers 413) as soon as more than ``max_body`` bytes
         have arrived; the rest is not read.
@@ -127,7 +128,8 @@ class RequestBody:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
         total = 0
         try:
-            while chunk := source.read(READ_SIZE):
+            while chunk := first or source.read(READ_SIZE):
+                first = b""
                 total += len(chunk)
                 if total > max_body:
                     spool.close()
