@@ -13,11 +13,15 @@ launcher hands over, which ``cgikit.run`` looks for when there is no CGI environ
   is fd 3 (sd_listen_fds(3)). The variables are removed, as sd_listen_fds does when
   asked, so that a child does not take the socket for its own.
 
-Such a socket speaks FastCGI unless CGIKIT_GATEWAY says scgi or http. The options are
-``gateway_options``'s table; the protocols are ``fastcgi_server``, ``scgi_server`` and
-``http_server``'s; the master and its signals (SIGTERM or SIGINT drain and stop, SIGHUP
-replaces the workers) are ``prefork``'s. The app is imported once, by the master, before
-the fork: SIGHUP replaces the processes, not the code.
+Such a socket speaks FastCGI unless CGIKIT_GATEWAY says scgi or http. Each server is
+told its process model for PEP 3333's ``wsgi.multiprocess`` (more than one worker) and
+``wsgi.multithread`` (more than one thread). A FastCGI server admits the web servers
+FCGI_WEB_SERVER_ADDRS lists (``gateway_peers``); a bad list fails before the socket is
+bound. The options are ``gateway_options``'s table; the protocols are
+``fastcgi_server``, ``scgi_server`` and ``http_server``'s; the master and its signals
+(SIGTERM or SIGINT drain and stop, SIGHUP replaces the workers) are ``prefork``'s. The
+app is imported once, by the master, before the fork: SIGHUP replaces the processes,
+not the code.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from cgikit.gateway_options import GATEWAY_ENV, PROTOCOLS, gateway_settings
+from cgikit.gateway_peers import parse_peers
 from cgikit.gateway_server import Address, listen, parse_address
 from cgikit.prefork import run_workers
 
@@ -100,16 +105,19 @@ def _factory(protocol: str, values: Mapping[str, object]) -> ServerFactory:
     """How a worker makes its server for ``protocol`` (its module imported only now)."""
     threads = values["threads"]
     timeout, idle = values["timeout"], values["idle_timeout"]
+    # PEP 3333: wsgi.multiprocess says whether other processes serve the same app
+    # (prefork), wsgi.multithread whether other threads of this one do.
+    shared = values["workers"] != 1
     kw: dict[str, Any] = {"threads": threads}
     if protocol == "http":
         from cgikit.http_server import HTTPServer
 
         kw |= {"header_timeout": timeout} if timeout is not None else {}
         kw |= {"idle_timeout": idle} if idle is not None else {}
-        shared = values["workers"] != 1
+        flags = {"wsgi.multiprocess": shared, "wsgi.multithread": threads != 1}
 
         def make_http(app: WSGIApp, sock: socket.socket) -> _Server:
-            server = HTTPServer(app, sock=sock, **kw)
+            server = HTTPServer(_Flagged(app, flags), sock=sock, **kw)
             if shared:  # another process may have a free thread: let it take the connection
                 server.defer_when_busy = BUSY_DEFER
             return server
@@ -117,13 +125,34 @@ def _factory(protocol: str, values: Mapping[str, object]) -> ServerFactory:
         return make_http
     if protocol == "fastcgi":
         from cgikit.fastcgi_server import FastCGIServer as cls
+
+        _check_peers(cls.peers_variable)
     elif protocol == "scgi":
         from cgikit.scgi_server import SCGIServer as cls  # type: ignore[assignment]
     else:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}: {protocol!r}")
     kw |= {"timeout": timeout} if timeout is not None else {}
     kw |= {"idle_timeout": idle} if idle is not None else {}
+    kw["multiprocess"] = shared
     return lambda app, sock: cls(app, sock, **kw)
+
+
+def _check_peers(variable: str | None) -> None:
+    """A bad FCGI_WEB_SERVER_ADDRS fails here, once, not in every worker it would kill."""
+    if variable is not None and variable in os.environ:
+        parse_peers(os.environ[variable], variable)
+
+
+class _Flagged:
+    """The app with the WSGI process-model values set for it (the HTTP server's environ
+    says one threaded process whatever the workers)."""
+
+    def __init__(self, app: WSGIApp, flags: Mapping[str, bool]) -> None:
+        self.app, self.flags = app, flags
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        environ.update(self.flags)
+        return self.app(environ, start_response)
 
 
 def _listener(address: str | Address | socket.socket) -> tuple[socket.socket, Callable[[], None]]:

@@ -31,6 +31,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         "path": environ.get("PATH_INFO", ""),
         "body": body.decode("latin-1"),
         "listen_fds": os.environ.get("LISTEN_FDS"),  # systemd's, removed once taken
+        "multiprocess": environ["wsgi.multiprocess"],
+        "multithread": environ["wsgi.multithread"],
     }
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(report).encode()]

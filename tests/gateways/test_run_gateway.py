@@ -196,3 +196,44 @@ def test_the_api_checks_before_it_binds() -> None:
         cgikit.run_gateway(app, "fastcgi", "127.0.0.1:0", debug=True)
     with pytest.raises(ValueError, match="not host:port"):
         cgikit.run_gateway(app, "fastcgi", "9000", workers=1)
+
+
+@pytest.mark.parametrize("protocol", ["fastcgi", "scgi", "http"])
+def test_wsgi_multiprocess_with_several_workers_multithread_with_several_threads(
+    protocol: str,
+) -> None:
+    for flags, expected in [
+        (("--workers", "1", "--threads", "1"), (False, False)),
+        (("--workers", "2", "--threads", "3"), (True, True)),
+    ]:
+        gateway = Gateway(protocol, "127.0.0.1:0", *flags)
+        try:
+            status, reply = gateway.request()
+            assert status == 200
+            assert (reply["multiprocess"], reply["multithread"]) == expected, flags
+        finally:
+            assert gateway.stop() == 0
+
+
+def test_fcgi_web_server_addrs_closes_other_peers_at_once() -> None:
+    gateway = Gateway("fastcgi", "127.0.0.1:0", "--workers", "1", FCGI_WEB_SERVER_ADDRS="192.0.2.1")
+    try:
+        with pytest.raises((EOFError, ConnectionResetError)):
+            gateway.request()
+        gateway.output.wait_line(re.compile(r"127\.0\.0\.1:\d+: not in FCGI_WEB_SERVER_ADDRS"))
+    finally:
+        assert gateway.stop() == 0
+    gateway = Gateway("fastcgi", "127.0.0.1:0", FCGI_WEB_SERVER_ADDRS="192.0.2.1,127.0.0.1")
+    try:
+        assert gateway.request()[0] == 200
+    finally:
+        assert gateway.stop() == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "cgikit", "run", "--fastcgi", "127.0.0.1:0", "served_apps:app"],
+        env=child_env(FCGI_WEB_SERVER_ADDRS="web.example"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert "not an IP address: 'web.example'" in done.stderr.decode(), done.stderr
