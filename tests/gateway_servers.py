@@ -30,6 +30,7 @@ from typing import TypeVar
 from servers import (
     APACHE_BINARIES,
     APACHE_MODULE_DIRS,
+    CGI_USER,
     HOST,
     LIGHTTPD_BINARIES,
     POLL,
@@ -317,3 +318,36 @@ class GatewayPool:
             backend.stop()
         self.servers.clear()
         self.backends.clear()
+
+
+# -- the FastCGI bridge for CGI scripts -------------------------------------------------
+
+
+def start_bridge(root: Path, *flags: str, unix: bool = False) -> Backend:
+    """``cgikit serve --fastcgi ADDR [flags] ROOT`` on a free port or a Unix socket in its
+    run directory, accepting. Started as root, it gives root up to www-data, as the
+    CGI configs run scripts (docs/deploy/nginx-cgi-bridge.conf)."""
+    rundir = make_rundir("cgi-bridge")
+    address = f"unix:{rundir / 'bridge.sock'}" if unix else f"{HOST}:{free_port()}"
+    cgi_user_ids()  # the scripts run as www-data: it must exist
+    user = ["--user", CGI_USER] if os.geteuid() == 0 else []
+    argv = [sys.executable, "-m", "cgikit", "serve", "--fastcgi", address, *user, *flags]
+    with (rundir / "backend.log").open("wb") as sink:
+        process = subprocess.Popen(
+            [*argv, str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=rundir,
+            env=backend_env(None),
+            start_new_session=True,
+            # nginx's workers (www-data) connect to the socket root made: 0666.
+            umask=0o111 if unix else 0o022,
+        )
+    bridge = Backend("fastcgi", address, process, rundir)
+    try:
+        wait_for_backend(bridge)
+    except RuntimeError:
+        bridge.stop()
+        raise
+    return bridge

@@ -448,7 +448,9 @@ def serve(root: str | os.PathLike[str], **options: object) -> None:
 
         app, cgi = _dispatcher(root, values, files=False)
         threads: int = values["threads"]  # type: ignore[assignment]
-        site = fastcgi_bridge.listen_site(app, cgi, str(values["fastcgi"]), threads)
+        max_body: int = values["max_body"]  # type: ignore[assignment]
+        address = str(values["fastcgi"])
+        site = fastcgi_bridge.listen_site(app, cgi, address, threads, max_body)
     try:
         try:
             user = drop_privileges(values["user"], log)  # type: ignore[arg-type]

@@ -196,7 +196,8 @@ def test_cli_flags_are_the_options_table() -> None:
 
 def test_the_table_holds_every_host_option() -> None:
     names = [o.name for o in SERVE_OPTIONS]
-    own = ["bind", "port", "cgi_dir", "cgi_ext", "max_procs", "threads", "workers", "grace", "user"]
+    own = ["bind", "port", "fastcgi", "cgi_dir", "cgi_ext", "max_procs", "threads"]
+    own += ["workers", "grace", "user"]
     assert names[: len(own)] == own
     assert names[len(own) :] == [o.name for o in HOST_OPTIONS]
     assert len({o.env for o in SERVE_OPTIONS}) == len(SERVE_OPTIONS)
@@ -241,6 +242,8 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ({"port": 70000}, ValueError),
         ({"max_procs": 0}, ValueError),
         ({"timeout": -1.0}, ValueError),
+        ({"fastcgi": 9000}, TypeError),
+        ({"fastcgi": "127.0.0.1:0"}, ValueError),  # make_server is HTTP; serve() bridges
     ]:
         with pytest.raises(error):
             make_server(tmp_path, **{"port": 0, **options})
