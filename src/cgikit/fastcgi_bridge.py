@@ -87,7 +87,7 @@ def listen_site(app: Dispatcher, cgi: str, address: str, threads: int, max_body:
     body_first = BodyFirst(app, max_body)
 
     def make(shared: bool) -> Serving:
-        return make_server(body_first, sock, threads)
+        return make_server(body_first, sock, threads, shared)
 
     return Listening(app, line, threads, make, sock.close, release)
 
@@ -116,13 +116,16 @@ def bind(address: str) -> tuple[socket.socket, Callable[[], None]]:
     return sock, release
 
 
-def make_server(app: WSGIApp, sock: socket.socket, threads: int) -> FastCGIServer:
-    """One worker's FastCGI server on the shared listening socket.
+def make_server(
+    app: WSGIApp, sock: socket.socket, threads: int, shared: bool = False
+) -> FastCGIServer:
+    """One worker's FastCGI server on the listening socket (``shared``: with other
+    worker processes, which ``wsgi.multiprocess`` says).
 
     Made in the worker, after the fork: a server's wake-up pair made before it would be
     shared, and one worker's shutdown would stop them all.
     """
-    return FastCGIServer(app, sock, threads=threads)
+    return FastCGIServer(app, sock, threads=threads, multiprocess=shared)
 
 
 def shown(sock: socket.socket) -> str:
