@@ -181,7 +181,7 @@ def test_shutdown_kills_a_script_still_running_after_the_grace(site: Path, worke
     client.start()
     script = read_pid(pids / "linger")
     began = time.monotonic()
-    assert server.stop() == 0
+    assert server.stop() == 0, server.lines[-15:]
     took = time.monotonic() - began
     assert process_gone(script, 5), f"script {script} outlived the server"
     assert took < 10, f"stopping took {took:.2f} s"
