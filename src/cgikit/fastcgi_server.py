@@ -48,7 +48,7 @@ from cgikit.fastcgi_connection import (
     StdinData,
     StdinEnded,
 )
-from cgikit.gateway_pool import FIRST_INPUT_WAIT, Served, input_ready
+from cgikit.gateway_pool import FIRST_INPUT_WAIT, NEXT_REQUEST_WAIT, Served, input_ready
 from cgikit.gateway_server import GatewayServer
 from cgikit.wsgi_request import ClientDisconnected
 
@@ -80,7 +80,9 @@ class _FastCGIConnection:
         # GET_VALUES (§4.1) reports the pool: a request per thread at once, and as many
         # connections to keep them all busy (idle ones beyond that are accepted too).
         self.conn = Connection(max_conns=server.threads, max_reqs=server.threads)
-        self.wait = FIRST_INPUT_WAIT  # for the first bytes; then only what has arrived
+        # How long to wait for input before parking: the first bytes, the next request
+        # after a response; within a request's records, only what has arrived.
+        self.wait = FIRST_INPUT_WAIT
         self.request_id = 0
         self.stdin = bytearray()
         self.stdin_ended = self.aborted = False
@@ -186,6 +188,7 @@ class _FastCGIConnection:
             self.sock.sendall(ending.data)
         except OSError:
             return False  # the web server is gone: nobody to tell
+        self.wait = NEXT_REQUEST_WAIT
         return not ending.close_connection
 
     def _send(self, data: bytes) -> None:

@@ -4,7 +4,8 @@ Owns ``Pool``, the concurrency of cgikit's FastCGI and SCGI servers (``gateway_s
 holds the protocol-independent rest): the thread that runs ``Pool.run`` is the poller,
 an ``event_loop.Loop`` watching the listening socket and every connection that waits
 between two requests; ``threads`` worker threads serve what the poller hands them, one
-connection each at a time, for as long as that connection has input at hand.
+connection each at a time, for as long as that connection has input at hand (after a
+short wait: ``FIRST_INPUT_WAIT``, ``NEXT_REQUEST_WAIT``).
 
 Why a poller: a web server keeps FastCGI connections open between requests (KEEP_CONN,
 FastCGI 1.0 §5.1, research shared/research/fastcgi-anchors.md §5 item 17: the
@@ -44,12 +45,18 @@ from typing import Final, Protocol
 
 from cgikit.event_loop import READ, Loop, Timer
 
-__all__ = ["FIRST_INPUT_WAIT", "Held", "Pool", "Served", "input_ready"]
+__all__ = ["FIRST_INPUT_WAIT", "NEXT_REQUEST_WAIT", "Held", "Pool", "Served", "input_ready"]
 
 # A web server writes its request as soon as it has connected: a worker given a new
 # connection waits this long for the first bytes before it gives the connection back
 # to the poller, rather than send it through the poller for a few microseconds' delay.
 FIRST_INPUT_WAIT: Final = 0.05
+# After a response on a kept connection a busy web server often sends the next request
+# at once (nginx reuses the connection for its next client request): the worker waits
+# this long for it before parking the connection: short enough to delay a connection
+# waiting for a worker by no more than that. bench/gateways.py, nginx keep-conn, 2 cores
+# (noisy): about 3,100 req/s parking at once, 3,700 with the wait.
+NEXT_REQUEST_WAIT: Final = 0.002
 
 _ACCEPT_BACKOFF: Final = 0.1  # after EMFILE and the like, not to spin
 _SWEEP_EVERY: Final = 1.0  # seconds between idle-timeout checks, at most

@@ -92,6 +92,7 @@ def test_shutdown_closes_idle_connections_and_drains_the_request_in_flight() -> 
         gate.released.set()
         idle = kept(srv, 4, b"gate")
         gate.released.clear()
+        gate.entered = threading.Semaphore(0)  # count from here: the busy request only
         busy = srv.connect()
         busy.sendall(request_bytes(keep=True))
         assert gate.entered.acquire(timeout=TIMEOUT)
