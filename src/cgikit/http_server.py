@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from cgikit.http_connection import Connection, Limits, error_response
+from cgikit.http_connection import Connection, Limits
+from cgikit.http_head import error_response
 from cgikit.http_request import Request, RequestParser
 
 TYPE_CHECKING = False

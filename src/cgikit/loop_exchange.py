@@ -7,7 +7,7 @@ it, and this module turns its events into the HTTP response:
 
 - The head goes out with the first body byte, or alone at the end (with
   ``Content-Length: 0`` when the script sent no body), framed by
-  ``http_connection.frame_head`` as the threaded server frames it: chunked for HTTP/1.1,
+  ``http_head.frame_head`` as the threaded server frames it: chunked for HTTP/1.1,
   the close for HTTP/1.0, nothing for HEAD, 1xx, 204 and 304. The script's own
   Content-Length never frames anything (CVE-2024-24795; ``cgi_output`` drops it).
 - A local redirect (RFC 3875 §6.2.2) below the mount point is re-dispatched as a GET
@@ -42,7 +42,7 @@ from cgikit.cgi_meta import UnsafeHeader
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Head, ScriptOutput
 from cgikit.cgi_paths import UnsafePath
 from cgikit.host_parts import NPH_DROPPED, NphOutput
-from cgikit.http_connection import frame_head
+from cgikit.http_head import frame_head
 from cgikit.script_task import ScriptTask
 from cgikit.wsgi_request import build_environ
 from cgikit.wsgi_response import NO_BODY_STATUSES

@@ -28,7 +28,7 @@ from typing import Final
 from cgikit import posix_spawn
 from cgikit.client_socket import peek_client
 from cgikit.event_loop import READ, WRITE, Loop
-from cgikit.http_connection import error_response, request_meta
+from cgikit.http_head import error_response, request_meta
 from cgikit.http_request import BadRequest, ConnectionClosed, Data, Request, RequestParser
 from cgikit.http_server import HTTPServer
 from cgikit.loop_exchange import LoopExchange
