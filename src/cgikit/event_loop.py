@@ -63,6 +63,9 @@ class Loop:
         self._wake_w.setblocking(False)
         self.add(self._wake_r.fileno(), READ, self._on_wake)
         self.running = False
+        # Called with an exception a callback raised (and the callback): the owner logs
+        # it and cleans up what the callback belonged to; the loop goes on.
+        self.on_error: Callable[[Exception, Callable[..., object]], None] = _raise
 
     # -- descriptors ---------------------------------------------------------------------
 
@@ -125,7 +128,7 @@ class Loop:
 
     def run_once(self, max_wait: float | None = None) -> None:
         """Wait for readiness or the next timer, then run what is due."""
-        wait = max_wait
+        wait = 0.0 if self._soon else max_wait  # a callback queued outside a round
         if self._timers:
             due = max(0.0, self._timers[0][0] - time.monotonic())
             wait = due if wait is None else min(wait, due)
@@ -137,11 +140,24 @@ class Loop:
                 continue
             ready = (READ if events & _READISH else 0) | (WRITE if events & _WRITEISH else 0)
             if ready & masks[fd]:
-                callback(ready & masks[fd])
-        while self._soon:
-            self._soon.popleft()()
+                try:
+                    callback(ready & masks[fd])
+                except Exception as exc:  # a bug in one callback must not stop the loop
+                    self.on_error(exc, callback)
+        self._run_soon()
         if self._timers and self._timers[0][0] <= time.monotonic():
             self._run_timers()
+            self._run_soon()  # what the timers queued: this round, not the next wake
+
+    def _run_soon(self) -> None:
+        while self._soon:
+            self._call(self._soon.popleft())
+
+    def _call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception as exc:
+            self.on_error(exc, callback)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -149,7 +165,7 @@ class Loop:
             timer = heapq.heappop(self._timers)[2]
             callback, timer.callback = timer.callback, None
             if callback is not None:
-                callback()
+                self._call(callback)
 
     def run(self, until: Callable[[], bool]) -> None:
         """Run until ``until()`` is true (checked after every step)."""
@@ -174,6 +190,10 @@ class Loop:
                 pass
         except OSError:
             pass
+
+
+def _raise(exc: Exception, callback: Callable[..., object]) -> None:
+    raise exc
 
 
 # Readiness as poll/epoll report it: an error or a hang-up wakes readers and writers

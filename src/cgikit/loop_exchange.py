@@ -205,6 +205,16 @@ class LoopExchange:
             _host_log(f"{self.host_request.uri}: {name}: {reason}")
         self._error(status)
 
+    def abandon(self, why: str) -> None:
+        """The connection is going (shutdown, an internal error): end the script and
+        give its slot back; nothing more is sent or logged."""
+        if self.task is not None:
+            self.task.abort(why)
+            self.task = None
+        if not self.done:
+            self.done = True
+            self.route.release()
+
     def client_gone(self) -> None:
         """The client hung up: end the script; nothing more is sent."""
         if self.task is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from typing import Final
 
@@ -72,6 +73,7 @@ class LoopServer(HTTPServer):
     def _accept_loop(self) -> None:
         posix_spawn.prepare()
         loop = self.loop = Loop()
+        loop.on_error = self._callback_failed
         loop.add(self.socket.fileno(), READ, self._on_accept)
         # shutdown() writes to this pair and never reads it: level-triggered, it would
         # wake the loop for ever, so it is watched once.
@@ -85,6 +87,20 @@ class LoopServer(HTTPServer):
                 conn.abort("the server is stopping")
             loop.close()
 
+    def _callback_failed(self, exc: Exception, callback: Callable[..., object]) -> None:
+        """A bug in a callback: log it, end the connection it served, serve on (as
+        HTTPServer does for a connection whose thread raised)."""
+        owner = getattr(callback, "__self__", None)
+        conn = owner if isinstance(owner, LoopConnection) else None
+        exchange = getattr(getattr(owner, "owner", None), "conn", None)  # a ScriptTask's
+        if isinstance(exchange, LoopConnection):
+            conn = exchange
+        where = f"{conn.remote[0]}:{conn.remote[1]}" if conn is not None else "the server"
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+        self.log(f"{where}: internal error, connection closed: {detail}")
+        if conn is not None:
+            conn.abort("internal error")
+
     def _sweep(self) -> None:
         """Timeouts, checked every ``SWEEP`` seconds while scripts run (else every
         ``SWEEP_IDLE``): a deadline is an attribute, not a timer object per request
@@ -92,7 +108,10 @@ class LoopServer(HTTPServer):
         now = time.monotonic()
         busy = False
         for conn in list(self.connections):
-            conn.tick(now)
+            try:
+                conn.tick(now)
+            except Exception as exc:
+                self._callback_failed(exc, conn.tick)
             busy = busy or conn.exchange is not None
         if self.loop is not None:
             self.loop.call_later(SWEEP if busy else SWEEP_IDLE, self._sweep)
@@ -386,9 +405,9 @@ class LoopConnection:
             self._wait(FIRST_REQUEST_WAIT, self._idle_expired)
 
     def abort(self, why: str) -> None:
-        """Past the grace period: end the script, close."""
-        if self.exchange is not None and not self.exchange.done and self.exchange.task:
-            self.exchange.task.abort(why)
+        """Past the grace period, or after an internal error: end the script, close."""
+        if self.exchange is not None:
+            self.exchange.abandon(why)
         self.close()
 
     def close(self) -> None:

@@ -76,7 +76,7 @@ class ScriptTask:
         name: str,
         limits: tuple[float, float, float],
     ) -> None:
-        self._loop, self._parser, self._owner, self._log, self.name = loop, parser, owner, log, name
+        self._loop, self._parser, self.owner, self._log, self.name = loop, parser, owner, log, name
         self._timeout, self._idle, self._grace = limits
         try:
             proc, fds = _start(*launch, no_input=not body)
@@ -217,12 +217,12 @@ class ScriptTask:
                 return
             if isinstance(event, Head):
                 self.head = event
-                self._owner.script_head(event)
+                self.owner.script_head(event)
             elif isinstance(event, EndOfOutput):
                 self._output_done = True
                 self._settle()
             else:
-                self._owner.script_body(event.data)
+                self.owner.script_body(event.data)
 
     def _on_stderr(self, mask: int) -> None:
         stderr = self._stderr
@@ -267,7 +267,7 @@ class ScriptTask:
             self._close_pidfd()
             self._reaped()
         if self.group.returncode is not None:
-            self._end(None, then=lambda: self._owner.script_end(None))
+            self._end(None, then=lambda: self.owner.script_end(None))
             return
         if self._pidfd is None and not self._polling:
             self._watch_exit()
@@ -287,7 +287,7 @@ class ScriptTask:
         if now >= self._deadline:
             if self._output_done:
                 why = "still running after its output ended"
-                self._end(why, then=lambda: self._owner.script_end(None))
+                self._end(why, then=lambda: self.owner.script_end(None))
                 return
             self._fail(504, f"still running after {self._timeout:g} s (timeout)")
         elif self._stdout is not None and not self._paused and now >= self._idle_deadline:
@@ -300,7 +300,7 @@ class ScriptTask:
         self._fail(502, exc.reason, why="malformed output")
 
     def _fail(self, status: int, reason: str, why: str | None = None) -> None:
-        self._end(why or reason, then=lambda: self._owner.script_end((status, reason)))
+        self._end(why or reason, then=lambda: self.owner.script_end((status, reason)))
 
     def _end(self, why: str | None, then: Callable[[], None] | None = None) -> None:
         """Stop watching; kill the group if anything of it is left; log how it ended.

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cgikit.http_server import HTTPServer
+from cgikit.loop_exchange import LoopExchange
 from cgikit.loop_server import LoopServer
 from cgikit.site_server import Dispatcher
 from serve.servekit import write_script
@@ -258,4 +259,22 @@ def test_a_client_gone_mid_script_ends_it_and_the_loop_serves_on(
         time.sleep(0.02)
     else:
         pytest.fail("the script of a client that went away still runs")
+    assert b"hello" in exchange(port, REQUESTS["hello"])
+
+
+def test_a_bug_in_a_callback_closes_one_connection_and_the_loop_serves_on(
+    servers: tuple[HTTPServer, LoopServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looped = servers[1]
+    lines: list[str] = []
+    monkeypatch.setattr(looped, "log", lines.append)
+
+    def broken(self: LoopExchange, data: bytes) -> None:
+        raise RuntimeError("a bug in the exchange")
+
+    monkeypatch.setattr(LoopExchange, "script_body", broken)
+    port = looped.server_address[1]
+    assert exchange(port, REQUESTS["hello"]) == b""  # closed, nothing sent
+    assert any("internal error" in line and "a bug in the exchange" in line for line in lines)
+    monkeypatch.undo()
     assert b"hello" in exchange(port, REQUESTS["hello"])
