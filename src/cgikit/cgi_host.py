@@ -51,7 +51,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from cgikit._typing import StartResponse
@@ -67,7 +67,16 @@ from cgikit.cgi_paths import (
 )
 from cgikit.cgi_runner import ScriptRun, ScriptTimeout, run_script
 from cgikit.host_options import HOST_OPTIONS, HostSettings, host_settings
-from cgikit.host_parts import NPH_DROPPED, NphOutput, RequestBody, Script, find_script
+from cgikit.host_parts import (
+    NPH_DROPPED,
+    NphOutput,
+    Refused,
+    RequestBody,
+    Script,
+    find_script,
+    header_list,
+    request_body,
+)
 
 __all__ = [
     "HOST_OPTIONS",
@@ -102,14 +111,6 @@ class BodyCut(Exception):
     """The script's output ended abnormally after its head: the response is incomplete."""
 
 
-class Refused(Exception):
-    """The request gets an error response with ``status``; ``reason`` is logged."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
 class HostRequest:
     """What the host takes from the environ; ``redirect`` makes the internal GET."""
 
@@ -122,8 +123,8 @@ class HostRequest:
         self.uri = target.decode("latin-1")
         mount = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=PATH_SAFE)
         self.mount = [s for s in normalize_target(mount.encode("latin-1")) if s] if mount else []
-        self.headers = _header_list(environ)
-        self.body = _request_body(environ, settings.max_body)
+        self.headers = header_list(environ)
+        self.body = request_body(environ, settings.max_body)
 
     def redirect(self, location: str) -> None:
         """Turn this request into the GET of a local redirect (RFC 3875 §6.2.2)."""
@@ -142,48 +143,6 @@ class HostRequest:
         if segments[: len(self.mount)] != self.mount:
             return None
         return segments[len(self.mount) :]
-
-
-def _header_list(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """The request's header fields, rebuilt from the HTTP_* keys and CONTENT_TYPE."""
-    headers = [
-        (key[5:].replace("_", "-").encode("latin-1"), value.encode("latin-1"))
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-        and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")  # PEP 3333
-        and isinstance(value, str)
-    ]
-    content_type = environ.get("CONTENT_TYPE", "")
-    if content_type:
-        headers.append((b"Content-Type", content_type.encode("latin-1")))
-    return headers
-
-
-def _request_body(environ: dict[str, Any], max_body: int) -> RequestBody:
-    """Streamed with a CONTENT_LENGTH, else spooled when there is one (docstring)."""
-    stream: IO[bytes] = environ["wsgi.input"]
-    text = environ.get("CONTENT_LENGTH", "").strip()
-    if text:
-        if not (text.isascii() and text.isdigit()):
-            raise Refused(400, f"invalid CONTENT_LENGTH {text!r}")
-        if int(text) > max_body:
-            raise Refused(413, f"a body of {text} bytes is over max_body ({max_body})")
-        return RequestBody(stream, int(text))
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if not (chunked or environ.get("wsgi.input_terminated")):
-        return RequestBody(None, -1)
-    first = b""
-    if not chunked:  # most such requests have no body: no spool file made for them
-        first = stream.read(1)
-        if not first:
-            return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (§4.1.2)
-    body = RequestBody.spool(stream, max_body, first)
-    if body is None:
-        raise Refused(413, f"a chunked body over max_body ({max_body} bytes)")
-    if body.length == 0 and not chunked:
-        body.close()
-        return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (RFC 3875 §4.1.2)
-    return body
 
 
 def _logger(environ: dict[str, Any]) -> Log:

@@ -66,7 +66,7 @@ from cgikit.site_workers import Listening, Serving
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cgikit._typing import StartResponse, WSGIApp
-    from cgikit.site_server import Dispatcher
+    from cgikit.site_dispatch import Dispatcher
 
 __all__ = ["BodyFirst", "bind", "listen_site", "make_server", "shown"]
 

@@ -5,6 +5,8 @@
 - ``RequestBody``: the request body as ``run_script`` pulls it, streamed from
   ``wsgi.input`` or spooled when its length is unknown (research G9).
 - ``NphOutput``: an NPH script's status line turned into a ``Status:`` field.
+- ``header_list`` and ``request_body``: the request's fields and body taken from a WSGI
+  environ (``Refused`` when the body cannot be taken: 400, 413).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import stat
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from cgikit.cgi_output import ScriptOutput, ScriptOutputError
 from cgikit.cgi_paths import UnsafePath, is_inside
@@ -193,3 +195,53 @@ def _status_field(line: bytes) -> bytes:
     if version not in (b"HTTP/1.0", b"HTTP/1.1") or not status[:3].isdigit():
         raise ScriptOutputError(f"NPH output does not start with a status line: {line[:80]!r}")
     return b"Status: " + status + b"\r\n"
+
+
+class Refused(Exception):
+    """The request gets an error response with ``status``; ``reason`` is logged."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def header_list(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The request's header fields, rebuilt from the HTTP_* keys and CONTENT_TYPE."""
+    headers = [
+        (key[5:].replace("_", "-").encode("latin-1"), value.encode("latin-1"))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+        and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")  # PEP 3333
+        and isinstance(value, str)
+    ]
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type:
+        headers.append((b"Content-Type", content_type.encode("latin-1")))
+    return headers
+
+
+def request_body(environ: dict[str, Any], max_body: int) -> RequestBody:
+    """Streamed with a CONTENT_LENGTH, else spooled when there is one (docstring)."""
+    stream: IO[bytes] = environ["wsgi.input"]
+    text = environ.get("CONTENT_LENGTH", "").strip()
+    if text:
+        if not (text.isascii() and text.isdigit()):
+            raise Refused(400, f"invalid CONTENT_LENGTH {text!r}")
+        if int(text) > max_body:
+            raise Refused(413, f"a body of {text} bytes is over max_body ({max_body})")
+        return RequestBody(stream, int(text))
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not (chunked or environ.get("wsgi.input_terminated")):
+        return RequestBody(None, -1)
+    first = b""
+    if not chunked:  # most such requests have no body: no spool file made for them
+        first = stream.read(1)
+        if not first:
+            return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (§4.1.2)
+    body = RequestBody.spool(stream, max_body, first)
+    if body is None:
+        raise Refused(413, f"a chunked body over max_body ({max_body} bytes)")
+    if body.length == 0 and not chunked:
+        body.close()
+        return RequestBody(None, -1)  # no body at all: no CONTENT_LENGTH (RFC 3875 §4.1.2)
+    return body

@@ -50,7 +50,7 @@ from cgikit.wsgi_response import NO_BODY_STATUSES
 if TYPE_CHECKING:
     from cgikit.http_request import Request
     from cgikit.loop_server import LoopConnection
-    from cgikit.site_server import FastRoute
+    from cgikit.site_dispatch import FastRoute
 
 __all__ = ["LoopExchange"]
 

@@ -36,7 +36,7 @@ from cgikit.loop_exchange import LoopExchange
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cgikit.site_server import Dispatcher, FastRoute
+    from cgikit.site_dispatch import Dispatcher, FastRoute
 
 __all__ = ["FAST_BODY", "LoopConnection", "LoopServer"]
 

@@ -26,7 +26,7 @@ from cgikit.process_group import kill_all
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cgikit.site_server import Dispatcher
+    from cgikit.site_dispatch import Dispatcher
 
 __all__ = ["Listening", "Serving", "log", "serve_site"]
 

@@ -24,7 +24,7 @@ import pytest
 from cgikit.http_server import HTTPServer
 from cgikit.loop_exchange import LoopExchange
 from cgikit.loop_server import LoopServer
-from cgikit.site_server import Dispatcher
+from cgikit.site_dispatch import Dispatcher
 from serve.servekit import write_script
 
 PY = sys.executable
