@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cgikit import posix_spawn
 from cgikit.http_server import HTTPServer
 from cgikit.loop_exchange import LoopExchange
 from cgikit.loop_server import LoopServer
@@ -278,3 +279,14 @@ def test_a_bug_in_a_callback_closes_one_connection_and_the_loop_serves_on(
     assert any("internal error" in line and "a bug in the exchange" in line for line in lines)
     monkeypatch.undo()
     assert b"hello" in exchange(port, REQUESTS["hello"])
+
+
+def test_without_posix_spawn_the_loop_spawns_with_popen(
+    servers: tuple[HTTPServer, LoopServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libc without addchdir_np/closefrom_np (glibc < 2.34): Popen, the same answers."""
+    threaded, looped = servers
+    monkeypatch.setattr(posix_spawn, "available", lambda: False)
+    for name in ("hello", "post", "status", "local-redirect", "garbage", "stderr"):
+        expected = dechunked(exchange(threaded.server_address[1], REQUESTS[name]))
+        assert dechunked(exchange(looped.server_address[1], REQUESTS[name])) == expected, name
