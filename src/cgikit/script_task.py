@@ -43,6 +43,7 @@ __all__ = ["ScriptOwner", "ScriptTask"]
 READ_SIZE: Final = 65536
 EXIT_WATCH_DELAY: Final = 0.05  # seconds after the start when the exit is watched
 POLL_INTERVAL: Final = 0.05  # exit polling where there is no pidfd (not Linux)
+EXIT_WAIT: Final = 0.005  # a script whose stdout is at EOF gets this long to be reaped
 _STDERR_DRAIN: Final = 64  # reads of a dead group's stderr pipe, at most
 
 
@@ -311,6 +312,8 @@ class ScriptTask:
         if self.ended:
             return
         self.ended = True
+        if self._stdout is None and self.group.returncode is None:
+            self._await_exit()  # at EOF the script is most likely exiting: not a kill
         stderr = self._stderr
         fds = [fd for fd in (self._stdin, self._stdout, stderr) if fd is not None]
         for fd in fds:
@@ -327,6 +330,17 @@ class ScriptTask:
             self._bury(fds, stderr, kill=False)
             if then is not None:
                 then()
+
+    def _await_exit(self) -> None:
+        """Its stdout closed, the script is about to exit: wait a moment (at most
+        ``EXIT_WAIT``) and reap it, as the threaded runner does, so that a script that
+        ended itself (with bad output, say) is not logged and killed as a hung one."""
+        deadline = time.monotonic() + EXIT_WAIT
+        while not self.group.exited():
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.0005)
+        self._reaped()
 
     def _bury(
         self,

@@ -466,15 +466,6 @@ def test_crash_without_output_is_a_502(loop: Loop, tmp_path: Path) -> None:
     assert run.logs[-1] == "crash.cgi: exited with status 1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="script_task bug: _end decides to kill on group.returncode alone, which is "
-    "still None for a script that has exited but was not polled yet (stdout EOF comes "
-    "before the exit is seen), so a script that exits on its own after malformed output "
-    "is logged as 'malformed output; killing its process group', task.killed is set and "
-    "a kill thread runs; cgi_runner._end first waits EXIT_WAIT for the exit when stdout "
-    "is at EOF and logs only the malformed output and the exit status",
-)
 def test_crash_without_output_logs_as_the_threaded_runner(loop: Loop, tmp_path: Path) -> None:
     path = write_script(tmp_path, "crash.cgi", "exit 1\n")
     run = Run(loop, path)
