@@ -14,10 +14,11 @@ launcher hands over, which ``cgikit.run`` looks for when there is no CGI environ
   asked, so that a child does not take the socket for its own.
 
 Such a socket speaks FastCGI unless CGIKIT_GATEWAY says scgi or http. Each server is
-told its process model for PEP 3333's ``wsgi.multiprocess`` (more than one worker) and
-``wsgi.multithread`` (more than one thread). A FastCGI server admits the web servers
-FCGI_WEB_SERVER_ADDRS lists (``gateway_peers``); a bad list fails before the socket is
-bound. The options are ``gateway_options``'s table; the protocols are
+told its process model for PEP 3333's ``wsgi.multiprocess`` (more than one worker, or a
+socket on fd 0, whose launcher may run more processes of the app: mod_fcgid, lighttpd's
+``max-procs``) and ``wsgi.multithread`` (more than one thread). A FastCGI server admits
+the web servers FCGI_WEB_SERVER_ADDRS lists (``gateway_peers``); a bad list fails before
+the socket is bound. The options are ``gateway_options``'s table; the protocols are
 ``fastcgi_server``, ``scgi_server`` and ``http_server``'s; the master and its signals
 (SIGTERM or SIGINT drain and stop, SIGHUP replaces the workers) are ``prefork``'s. The
 app is imported once, by the master, before the fork: SIGHUP replaces the processes,
@@ -80,8 +81,19 @@ def run_gateway(
         ValueError, TypeError: an unknown protocol or option, a bad value or address.
         OSError: the address cannot be bound.
     """
+    _run_gateway(app, protocol, address, options, False)
+
+
+def _run_gateway(
+    app: WSGIApp,
+    protocol: str,
+    address: str | Address | socket.socket,
+    options: Mapping[str, object],
+    others: bool,
+) -> None:
+    """``run_gateway``; ``others``: processes this one did not start serve the app too."""
     values = gateway_settings(options)
-    make = _factory(protocol, values)
+    make = _factory(protocol, values, others)
     sock, release = _listener(address)
     try:
         workers: int = values["workers"]  # type: ignore[assignment]
@@ -101,13 +113,14 @@ def run_gateway(
     _log("cgikit: stopped")
 
 
-def _factory(protocol: str, values: Mapping[str, object]) -> ServerFactory:
+def _factory(protocol: str, values: Mapping[str, object], others: bool = False) -> ServerFactory:
     """How a worker makes its server for ``protocol`` (its module imported only now)."""
     threads = values["threads"]
     timeout, idle = values["timeout"], values["idle_timeout"]
     # PEP 3333: wsgi.multiprocess says whether other processes serve the same app
-    # (prefork), wsgi.multithread whether other threads of this one do.
-    shared = values["workers"] != 1
+    # (prefork, or a launcher's other processes), wsgi.multithread whether other
+    # threads of this one do.
+    shared = values["workers"] != 1 or others
     kw: dict[str, Any] = {"threads": threads}
     if protocol == "http":
         from cgikit.http_server import HTTPServer
@@ -239,11 +252,11 @@ def inherited_listener(environ: dict[str, str] | None = None) -> socket.socket |
         OSError: systemd's fd 3 is not a listening stream socket.
     """
     env: Any = os.environ if environ is None else environ
-    count = env.get("LISTEN_FDS", "")
-    if env.get("LISTEN_PID") == str(os.getpid()) and count.isdigit() and int(count) >= 1:
+    count = _systemd_count(env)
+    if count:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             env.pop(name, None)
-        if int(count) > 1:
+        if count > 1:
             _log(f"cgikit: systemd passed {count} sockets; serving the first (fd 3)")
         sock = _listening(SD_LISTEN_FDS_START)
         if sock is None:
@@ -258,6 +271,14 @@ def inherited_listener(environ: dict[str, str] | None = None) -> socket.socket |
     os.dup2(devnull, FCGI_LISTENSOCK_FILENO)
     os.close(devnull)
     return moved
+
+
+def _systemd_count(env: Mapping[str, str]) -> int:
+    """How many sockets systemd passed this process (LISTEN_FDS for LISTEN_PID); or 0."""
+    count = env.get("LISTEN_FDS", "")
+    if env.get("LISTEN_PID") == str(os.getpid()) and count.isdigit():
+        return int(count)
+    return 0
 
 
 def _listening(fd: int) -> socket.socket | None:
@@ -285,6 +306,9 @@ def serve_inherited(app: WSGIApp, options: Mapping[str, object]) -> int | None:
     ``options`` are ``GATEWAY_OPTIONS`` keywords; None means "not given".
     """
     try:
+        # A launcher that hands over fd 0 may run more processes of the app (mod_fcgid,
+        # lighttpd's max-procs, spawn-fcgi -F); systemd's socket is this service's.
+        launcher = _systemd_count(os.environ) == 0
         sock = inherited_listener()
         if sock is None:
             return None
@@ -293,7 +317,7 @@ def serve_inherited(app: WSGIApp, options: Mapping[str, object]) -> int | None:
             if protocol not in PROTOCOLS:
                 choices = ", ".join(PROTOCOLS)
                 raise ValueError(f"{GATEWAY_ENV} must be one of {choices}: {protocol!r}")
-            run_gateway(app, protocol, sock, **options)
+            _run_gateway(app, protocol, sock, options, launcher)
     except (OSError, ValueError, TypeError) as exc:
         _log(f"cgikit: cannot serve the inherited socket: {exc}")
         return 2

@@ -67,7 +67,10 @@ class Output:
 
     def close(self) -> None:
         self._reader.join(5)
-        if self.proc.stderr is not None:
+        # Closing the pipe under a reader still blocked on it would wait for that read
+        # (the file's lock): a test that failed with the child still running would hang.
+        # Its reader ends once the child is stopped.
+        if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
 
 

@@ -64,7 +64,9 @@ def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
             stop_process(proc, signal.SIGKILL)
 
 
-def check_served_then_stop(proc: subprocess.Popen[bytes], protocol: str, address: str) -> None:
+def check_served_then_stop(
+    proc: subprocess.Popen[bytes], protocol: str, address: str, multiprocess: bool
+) -> None:
     output = Output(proc)
     try:
         match = output.wait_line(STARTED)
@@ -72,6 +74,8 @@ def check_served_then_stop(proc: subprocess.Popen[bytes], protocol: str, address
         status, reply = request(protocol, address, "/auto", b"a=b")
         assert (status, reply["path"], reply["body"]) == (200, "/auto", "a=b")
         assert reply["ppid"] == proc.pid and reply["listen_fds"] is None
+        # One worker, but fd 0's launcher may run more processes of the app (mod_fcgid).
+        assert reply["multiprocess"] is multiprocess
         workers = children(proc.pid)
         assert workers == {reply["pid"]}
         # The socket left fd 0, which is now /dev/null (a subprocess gets a sane stdin).
@@ -96,7 +100,7 @@ def test_a_listening_socket_on_fd_0_gets_fastcgi(
             env=child_env(CGIKIT_WORKERS="1"),
         )
         launched.append(proc)
-    check_served_then_stop(proc, "fastcgi", address)
+    check_served_then_stop(proc, "fastcgi", address, multiprocess=True)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +127,7 @@ def test_systemd_socket_activation(
             env=env,
         )
         launched.append(proc)
-    check_served_then_stop(proc, protocol, address)
+    check_served_then_stop(proc, protocol, address, multiprocess=False)
 
 
 def run_once(script: Path, stdin: int, **env: str) -> subprocess.CompletedProcess[bytes]:
