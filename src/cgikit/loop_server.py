@@ -6,8 +6,8 @@ WSGI generator stack per request cost more than the spawn (bench/RESULTS.md, iss
 ``event_loop.Loop`` instead of a bare accept: its connections (``loop_connection``)
 are the loop's while idle or reading a request head (keep-alive and header timeouts,
 400/408/431 answers, as ``http_connection.Connection`` does), and the loop answers the
-common request itself: a script in a CGI directory (``Dispatcher.fast_route``) whose body, if any, has
-arrived whole and is at most ``FAST_BODY`` bytes (``loop_exchange``). Every other
+common request itself: a script in a CGI directory (``Dispatcher.fast_route``) whose
+body, if any, has arrived whole and is at most ``FAST_BODY`` bytes (``loop_exchange``). Every other
 request (static files, ``cgi_ext`` scripts, chunked or large bodies, ``Expect:
 100-continue``, no free ``max_procs`` slot) is handed, with its parser, to the thread
 pool, which serves that connection to its end through the WSGI path as before.
