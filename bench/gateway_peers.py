@@ -283,7 +283,7 @@ def rows(setup: Setup) -> dict[str, Row]:
 
     def cgikit(protocol: str) -> Callable[[], servers.Server]:
         args = ["-m", "cgikit", "run", f"--{protocol}", f"{HOST}:{{port}}"]
-        args += ["--workers", str(WORKERS), "hello:app"]
+        args += ["--workers", str(WORKERS), "--threads", "1", "hello:app"]
         return lambda: start_python(f"cgikit-{protocol}", args, setup.python, cgikit_path)
 
     def gunicorn() -> peers.Host:

@@ -220,30 +220,45 @@ def iter_params(data: bytes | bytearray | memoryview) -> Iterator[tuple[bytes, b
         FastCGIError: the block ends inside a pair (§3.4 pairs never straddle the end
             of a stream), or a length points past its end.
     """
-    view = memoryview(data).cast("B")
-    try:
-        end, offset = len(view), 0
-        while offset < end:
-            name = decode_length(view, offset)
-            value = None if name is None else decode_length(view, name[1])
-            if name is None or value is None:
-                raise FastCGIError(f"name-value block ends inside a length, at byte {offset}")
-            start = value[1]
-            if name[0] + value[0] > end - start:  # checked before slicing: no huge allocation
-                raise FastCGIError(
-                    f"name-value pair at byte {offset} declares {name[0]}+{value[0]} bytes, "
-                    f"only {end - start} remain"
-                )
-            split = start + name[0]
-            offset = split + value[0]
-            yield bytes(view[start:split]), bytes(view[split:offset])
-    finally:
-        view.release()  # a bytearray given to us can be resized again, error or not
+    return iter(_pairs(bytes(data)))
 
 
 def decode_params(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
     """A complete name-value block as a dict; a repeated name keeps its last value."""
-    return dict(iter_params(data))
+    return dict(_pairs(bytes(data)))
+
+
+def _pairs(block: bytes) -> list[tuple[bytes, bytes]]:
+    """``iter_params``'s pairs as a list: one loop over bytes, no view, no generator
+    (a request's PARAMS are decoded on every request: this is the hot path)."""
+    pairs = []
+    end, offset = len(block), 0
+    while offset < end:
+        name = block[offset]
+        if name < 0x80 and offset + 1 < end and (value := block[offset + 1]) < 0x80:
+            at, offset = offset, offset + 2  # both lengths in one byte: the usual case
+        else:
+            at, name, value, offset = offset, *_long_lengths(block, offset)
+        split = offset + name
+        stop = split + value
+        if stop > end:  # checked before slicing: no huge allocation
+            raise FastCGIError(
+                f"name-value pair at byte {at} declares {name}+{value} bytes, "
+                f"only {end - offset} remain"
+            )
+        pairs.append((block[offset:split], block[split:stop]))
+        offset = stop
+    return pairs
+
+
+def _long_lengths(block: bytes, offset: int) -> tuple[int, int, int]:
+    """The name and value lengths at ``offset`` (either in the 4-byte form), and the
+    offset after them."""
+    name = decode_length(block, offset)
+    value = None if name is None else decode_length(block, name[1])
+    if name is None or value is None:
+        raise FastCGIError(f"name-value block ends inside a length, at byte {offset}")
+    return name[0], value[0], value[1]
 
 
 # -- fixed bodies (§4.1, §4.2, §5.1, §5.5) ---------------------------------------------

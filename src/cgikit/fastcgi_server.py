@@ -3,8 +3,9 @@
 Owns the I/O around ``fastcgi_connection.Connection`` (the sans-IO core, which owns
 what the records mean): reading the socket when the core needs data, writing what it
 produces, and turning one request's events into a WSGI call through the shared seam
-(``gateway_server.GatewayServer.respond``). The listener and the thread pool are
-``gateway_server``'s and ``gateway_pool``'s. FastCGI 1.0 sections below; research:
+(``gateway_server.GatewayServer.respond``). The listener and the concurrency are
+``gateway_server``'s, ``gateway_inline``'s (threads=1: this code runs on the loop's
+thread) and ``gateway_pool``'s. FastCGI 1.0 sections below; research:
 shared/research/fastcgi-anchors.md §4, §5, §9.
 
 - One request at a time per connection (MPXS_CONNS=0, §9.2); with KEEP_CONN (§5.1) the
@@ -22,6 +23,8 @@ shared/research/fastcgi-anchors.md §4, §5, §9.
   the web server instead of buffering the body. ``wsgi.errors`` is FCGI_STDERR (§6.1).
 - Output: each chunk the app produces is its STDOUT records joined, in one ``sendall``
   (a blocking write, so a slow web server slows the app rather than growing a buffer).
+  A body the app returned whole (a list) is held and written with END_REQUEST in one
+  ``sendall`` (up to 64 KiB held): one system call per response.
 - ABORT_REQUEST (§5.4) or a closed connection (nginx's way, research §5 P4) cancels
   the request: ``wsgi.input`` raises ClientDisconnected, the next output does too, so
   ``Response`` closes the app's iterable; then the one END_REQUEST if the connection
@@ -48,8 +51,8 @@ from cgikit.fastcgi_connection import (
     StdinData,
     StdinEnded,
 )
-from cgikit.gateway_pool import FIRST_INPUT_WAIT, NEXT_REQUEST_WAIT, Served, input_ready
-from cgikit.gateway_server import GatewayServer
+from cgikit.gateway_pool import Served, input_ready
+from cgikit.gateway_server import GatewayServer, recv_at_hand
 from cgikit.wsgi_request import ClientDisconnected
 
 __all__ = ["FastCGIServer"]
@@ -59,6 +62,7 @@ _RECV: Final = 65536
 # this the check waits for the app to read, so a large body is never buffered whole.
 _READ_AHEAD: Final = 1 << 18
 _PEEKS: Final = 16  # reads per output chunk at most, so a flood cannot starve the app
+_HOLD_MAX: Final = 1 << 16  # held output written at once beyond this
 
 
 class FastCGIServer(GatewayServer):
@@ -82,10 +86,19 @@ class _FastCGIConnection:
         self.conn = Connection(max_conns=server.threads, max_reqs=server.threads)
         # How long to wait for input before parking: the first bytes, the next request
         # after a response; within a request's records, only what has arrived.
-        self.wait = FIRST_INPUT_WAIT
+        self.wait = server.first_wait
         self.request_id = 0
         self.stdin = bytearray()
-        self.stdin_ended = self.aborted = False
+        # No request's input is pending (its empty STDIN came): a close needs no drain.
+        self.stdin_ended = True
+        self.aborted = False
+        self.held: list[bytes] = []  # STDOUT records of a body returned whole, unsent
+        self.held_bytes = 0
+
+    @property
+    def input_done(self) -> bool:
+        """Nothing the web server sent is known to be unread (``InlinePool``'s close)."""
+        return self.stdin_ended and not self.conn.buffered_bytes
 
     def log(self, message: str) -> None:
         self.server.log(f"{self.peer}: fastcgi: {message}")
@@ -93,10 +106,14 @@ class _FastCGIConnection:
     def serve(self) -> bool:
         """Serve the requests that have arrived; True: wait in the poller for the next."""
         try:
-            while (event := self._next_event(idle=True)) is not None:
-                if not self._between(event):
+            while True:
+                event = self.conn.next_event()
+                if event is NEED_DATA:
+                    self._flush()
+                    if not self._receive_at_hand():
+                        return True
+                elif not self._between(event):
                     return False
-            return True
         except FastCGIError as exc:
             self.log(f"protocol error, closing the connection: {exc.reason}")
         except OSError as exc:  # a write to a vanished web server
@@ -107,46 +124,64 @@ class _FastCGIConnection:
         """Act on an event between requests; False when the connection is done."""
         if isinstance(event, RequestStarted):
             return self._request(event.request_id)
+        self._flush()
         if isinstance(event, RequestRejected):
             return not event.close_connection
         return False  # ConnectionClosed; other events only come for an active request
 
     # -- reading ------------------------------------------------------------------------
 
-    def _next_event(self, *, idle: bool) -> Event | None:
-        """The core's next event, reading the socket as needed; None (``idle``): nothing
-        has arrived, the connection is to wait in the poller rather than in this thread."""
-        while True:
-            event = self.conn.next_event()
+    def _receive_at_hand(self) -> bool:
+        """Feed the core what has arrived (after ``self.wait`` at most); False if nothing."""
+        try:
+            data = recv_at_hand(self.sock, _RECV)
+        except OSError as exc:
+            self.log(f"read failed: {exc}")
+            data = b""
+        if data is None:
+            if self.wait <= 0 or not input_ready(self.sock, self.wait):
+                return False
+            data = self._recv()
+        self.wait = 0.0
+        self.conn.receive_data(data)
+        return True
+
+    def _recv(self) -> bytes:
+        """Block for input (at most the kernel timeout); b"" when the web server is gone."""
+        try:
+            return self.sock.recv(_RECV)
+        except OSError as exc:  # a timeout (EAGAIN) or a reset: the web server is gone
+            self.log(f"read failed: {exc}")
+            return b""
+
+    def _next_event(self) -> Event:
+        """The core's next event within a request, blocking for input as needed."""
+        while (event := self.conn.next_event()) is NEED_DATA:
             self._flush()
-            if event is not NEED_DATA:
-                return event
-            if idle and not input_ready(self.sock, self.wait):
-                return None
-            self.wait = 0.0
-            self._receive()
+            self.conn.receive_data(self._recv())
+        self._flush()
+        return event
 
     def _flush(self) -> None:
         """Write the core's own replies (GET_VALUES_RESULT, UNKNOWN_TYPE, rejections)."""
         if replies := self.conn.data_to_send():
             self.sock.sendall(replies)
 
-    def _receive(self) -> None:
-        try:
-            data = self.sock.recv(_RECV)
-        except OSError as exc:  # a timeout or a reset: the web server is gone for us
-            self.log(f"read failed: {exc}")
-            data = b""
-        self.conn.receive_data(data)
-
     def _pump(self, *, block: bool) -> bool:
         """Handle one event of the active request; False if none without blocking."""
         event = self.conn.next_event()
         self._flush()
         if event is NEED_DATA:
-            if not block and not input_ready(self.sock):
+            if block:
+                self.conn.receive_data(self._recv())
+                return True
+            try:
+                data = recv_at_hand(self.sock, _RECV)
+            except OSError:
+                data = b""  # a reset: the web server is gone, an abort
+            if data is None:
                 return False
-            self._receive()
+            self.conn.receive_data(data)
         elif isinstance(event, StdinData):
             self.stdin += event.data
         elif isinstance(event, StdinEnded):
@@ -172,29 +207,61 @@ class _FastCGIConnection:
         self.request_id = request_id
         self.stdin = bytearray()
         self.stdin_ended = self.aborted = False
-        event = self._next_event(idle=False)
+        event = self._next_event()
         while isinstance(event, RequestRejected):  # a second BEGIN: answered already
-            event = self._next_event(idle=False)
+            event = self._next_event()
         if isinstance(event, Params):
             meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.params.items()}
-            self.server.respond(meta, self._read_stdin, _Stderr(self), self._send, self.log)
+            self.server.respond(
+                meta, self._read_stdin, _Stderr(self), self._send, self.log, self._hold
+            )
         else:  # RequestAborted before the PARAMS ended
             self.aborted = True
+        self._settle_input()
         if self.aborted:
             self.log(f"request {request_id} aborted by the web server")
         ending = self.conn.end_request(request_id)
         self.request_id = 0
+        data = ending.data
+        if self.held:  # the response and its END_REQUEST in one write
+            data = b"".join((*self.held, data))
+            self.held.clear()
+            self.held_bytes = 0
         try:
-            self.sock.sendall(ending.data)
+            self.sock.sendall(data)
         except OSError:
             return False  # the web server is gone: nobody to tell
-        self.wait = NEXT_REQUEST_WAIT
+        self.wait = self.server.next_wait
         return not ending.close_connection
+
+    def _settle_input(self) -> None:
+        """Take the request's records already received (no I/O): a body the app left
+        unread, its empty STDIN, so that ``input_done`` can tell a close needs no drain."""
+        while not self.stdin_ended and not self.aborted:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, StdinEnded):
+                self.stdin_ended = True
+            elif isinstance(event, RequestAborted):
+                self.aborted = True
+        self._flush()
 
     def _send(self, data: bytes) -> None:
         """``Response``'s send: STDOUT records for ``data``, one write."""
         self._check_abort()
         self.sock.sendall(self.conn.send_stdout(self.request_id, data))
+
+    def _hold(self, data: bytes) -> None:
+        """``Response``'s deferred send (a body returned whole): written with END_REQUEST,
+        or at once past ``_HOLD_MAX`` so that a large body is not copied twice over."""
+        records = self.conn.send_stdout(self.request_id, data)
+        self.held.append(records)
+        self.held_bytes += len(records)
+        if self.held_bytes >= _HOLD_MAX:
+            self.sock.sendall(b"".join(self.held))
+            self.held.clear()
+            self.held_bytes = 0
 
     def _check_abort(self) -> None:
         """Read what already arrived, without blocking, to see an ABORT or a close."""

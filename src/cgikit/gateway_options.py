@@ -16,20 +16,27 @@ from collections.abc import Mapping
 
 from cgikit import Option, resolve
 
-__all__ = ["GATEWAY_ENV", "GATEWAY_OPTIONS", "PROTOCOLS", "gateway_settings"]
+__all__ = ["DEFAULT_THREADS", "GATEWAY_ENV", "GATEWAY_OPTIONS", "PROTOCOLS", "gateway_settings"]
 
 PROTOCOLS = ("fastcgi", "scgi", "http")
 # The protocol spoken on a socket a launcher hands over (fd 0, systemd): FastCGI unless
 # this variable says otherwise. A launcher cannot pass --fastcgi and the like.
 GATEWAY_ENV = "CGIKIT_GATEWAY"
 MAX_AUTO_WORKERS = 4  # the default worker count: one per CPU, at most this (as serve)
+# The default threads per worker. FastCGI and SCGI: one, on the loop's thread
+# (gateway_inline), as gunicorn's sync worker and uWSGI's processes serve; an idle kept
+# connection waits in the loop, so one thread never starves a web server's other
+# connections. HTTP: its keep-alive clients each hold a thread between requests.
+DEFAULT_THREADS = {"fastcgi": 1, "scgi": 1, "http": 8}
 
 GATEWAY_OPTIONS = (
     Option("workers", "CGIKIT_WORKERS", int, None,
            "Worker processes sharing the socket, each with its own threads, under a master "
            "that replaces one that dies or retires; None: one per CPU, at most 4."),
-    Option("threads", "CGIKIT_THREADS", int, 8,
-           "Threads per worker process, each serving one connection at a time."),
+    Option("threads", "CGIKIT_THREADS", int, None,
+           "Threads per worker process, each serving one request at a time; None: 1 for "
+           "FastCGI and SCGI (the app called on the thread that polls: no hand-off, about "
+           "twice the requests per second; more processes for more at once), 8 for HTTP."),
     Option("max_requests", "CGIKIT_MAX_REQUESTS", int, 0,
            "Requests a worker serves before it retires and the master starts another, plus "
            "a random 0-10% so that workers do not retire together; 0: never."),
@@ -62,6 +69,8 @@ def gateway_settings(
         values["workers"] = min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
     for name, least in (("workers", 1), ("threads", 1), ("max_requests", 0)):
         value = values[name]
+        if value is None and name == "threads":
+            continue
         if type(value) is not int:
             raise TypeError(f"{name} must be an int, not {value!r}")
         if value < least:

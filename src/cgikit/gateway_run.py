@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
-from cgikit.gateway_options import GATEWAY_ENV, PROTOCOLS, gateway_settings
+from cgikit.gateway_options import DEFAULT_THREADS, GATEWAY_ENV, PROTOCOLS, gateway_settings
 from cgikit.gateway_peers import parse_peers
 from cgikit.gateway_server import Address, listen, parse_address
 from cgikit.prefork import run_workers
@@ -93,6 +93,8 @@ def _run_gateway(
 ) -> None:
     """``run_gateway``; ``others``: processes this one did not start serve the app too."""
     values = gateway_settings(options)
+    if values["threads"] is None:
+        values["threads"] = DEFAULT_THREADS.get(protocol, 1)
     make = _factory(protocol, values, others)
     sock, release = _listener(address)
     try:

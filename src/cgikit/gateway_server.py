@@ -4,9 +4,11 @@ Owns ``parse_address`` (the ``host:port``, ``[::1]:port`` and ``unix:/path`` for
 issue 4's ``--fastcgi``/``--scgi ADDR``), the listening socket (TCP with SO_REUSEADDR,
 or a Unix socket whose stale file is replaced, never a live one or a non-socket), and
 ``GatewayServer``: the app, its WSGI values and a graceful ``shutdown`` as
-``http_server.HTTPServer`` has, over ``gateway_pool.Pool``, which owns the concurrency
-(one poller for the listening socket and the idle kept connections, a fixed pool of
-worker threads for the requests, and why). The protocols are the subclasses'
+``http_server.HTTPServer`` has, over one of two pools, which own the concurrency:
+with ``threads=1`` ``gateway_inline.InlinePool`` (one thread: the loop accepts and
+calls the app inline, no hand-off), else ``gateway_pool.Pool`` (one poller for the
+listening socket and the idle kept connections, a fixed pool of worker threads for
+the requests, and why). The protocols are the subclasses'
 (``fastcgi_server``, ``scgi_server``); the WSGI seam they share (environ from CGI
 variables, ``Response``) is ``wsgi_request`` and ``wsgi_response``; the peers a FastCGI
 server admits (FCGI_WEB_SERVER_ADDRS) are ``gateway_peers``'.
@@ -18,6 +20,11 @@ issue 4) a free process takes it. A kept connection waiting for its next request
 a busy worker: it waits in the poller. A web server's connection is closed with a FIN
 and a short, bounded drain of unread input, so the response is not destroyed by an RST
 (research: shared/research/fastcgi-anchors.md §5 P6).
+
+A connection's socket is blocking, bounded by the kernel's SO_RCVTIMEO/SO_SNDTIMEO
+(``timeout``), set once on the listening socket, which accepted TCP sockets inherit on
+Linux: a Python socket timeout would poll before every recv and send, a system call
+each. What has arrived is read with MSG_DONTWAIT (``recv_at_hand``), one call.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
@@ -33,8 +41,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from cgikit.gateway_inline import InlinePool
 from cgikit.gateway_peers import IPAddress, parse_peers, peer_allowed
-from cgikit.gateway_pool import Held, Pool, Served
+from cgikit.gateway_pool import FIRST_INPUT_WAIT, NEXT_REQUEST_WAIT, Held, Pool, Served
 from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
 from cgikit.wsgi_response import ClientGone, FileWrapper, Response, serialize_cgi
 
@@ -42,10 +51,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cgikit._typing import ErrorStream, WSGIApp
 
-__all__ = ["Address", "GatewayServer", "LogErrors", "listen", "parse_address"]
+__all__ = ["Address", "GatewayServer", "LogErrors", "listen", "parse_address", "recv_at_hand"]
 
 _DRAIN_SECONDS: Final = 0.2  # reading a closed connection's unread input, at most
 _DRAIN_BYTES: Final = 1 << 20
+_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _stderr_log(message: str) -> None:
@@ -198,6 +208,7 @@ class GatewayServer:
             "wsgi.multiprocess": bool(multiprocess),
             "wsgi.run_once": False,
         }
+        self._request_extras = {**self._extras, "wsgi.file_wrapper": FileWrapper}
         self._unlink: tuple[str, int] | None = None
         if isinstance(address, socket.socket):
             self.socket = address
@@ -209,16 +220,35 @@ class GatewayServer:
             if address.path is not None:
                 self._unlink = (address.path, os.stat(address.path).st_ino)
         self.server_address: tuple[str, int] | str = self._bound_address()
-        self._pool = Pool(
-            self.socket,
-            threads=threads,
-            idle_timeout=idle_timeout,
-            serve=self._serve,
-            admit=self._admit,
-            close=_close,
-            log=log,
-            name=f"cgikit-{self.protocol}",
-        )
+        # Each connection inherits these from the listener where the kernel allows
+        # (TCP on Linux); else ``_setup`` sets them per connection.
+        self._inherits = _set_socket_options(self.socket, timeout)
+        # How long a connection with nothing to read waits before it goes back to the
+        # poller: a worker thread may wait (``gateway_pool``); the one thread never does.
+        inline = threads == 1
+        self.first_wait = 0.0 if inline else FIRST_INPUT_WAIT
+        self.next_wait = 0.0 if inline else NEXT_REQUEST_WAIT
+        self._pool: Pool | InlinePool
+        if inline:
+            self._pool = InlinePool(
+                self.socket,
+                idle_timeout=idle_timeout,
+                serve=self._serve,
+                admit=self._admit,
+                input_done=_input_done,
+                log=log,
+            )
+        else:
+            self._pool = Pool(
+                self.socket,
+                threads=threads,
+                idle_timeout=idle_timeout,
+                serve=self._serve,
+                admit=self._admit,
+                close=_close,
+                log=log,
+                name=f"cgikit-{self.protocol}",
+            )
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._done = threading.Event()
@@ -286,8 +316,12 @@ class GatewayServer:
         errors: ErrorStream,
         send: Callable[[bytes], object],
         log: Callable[[str], object],
+        deferred: Callable[[bytes], object] | None = None,
     ) -> None:
-        """Run the app for one request (CGI variables ``meta``); never raises for it."""
+        """Run the app for one request (CGI variables ``meta``); never raises for it.
+
+        ``deferred``: ``Response``'s, for a body the app returned whole in memory.
+        """
         try:
             length = content_length(meta)
             environ = build_environ(meta, BoundedInput(wsgi_input, length), errors, length)
@@ -295,9 +329,8 @@ class GatewayServer:
             log(f"cannot serve this request: {exc.reason}")
             _answer(send, exc.status)
             return
-        environ.update(self._extras)
-        environ["wsgi.file_wrapper"] = FileWrapper
-        Response(environ, send, log).run(self.app)
+        environ.update(self._request_extras)
+        Response(environ, send, log, deferred=deferred).run(self.app)
 
     # -- the pool's callbacks ------------------------------------------------------------
 
@@ -312,12 +345,11 @@ class GatewayServer:
         return Held(sock, peer)
 
     def _serve(self, held: Held) -> bool:
-        """In a worker: serve what ``held`` has at hand; True keeps it (``Pool``)."""
+        """Serve what ``held`` has at hand (a worker, or the loop); True keeps it."""
         try:
             if held.handler is None:
-                held.sock.settimeout(self.timeout)
-                if held.sock.family != socket.AF_UNIX:
-                    held.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not self._inherits:
+                    _set_socket_options(held.sock, self.timeout)
                 held.handler = self.connection(held.sock, held.peer)
             return held.handler.serve()
         except Exception as exc:  # a bug must not kill the worker; log it
@@ -331,6 +363,37 @@ class GatewayServer:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == inode:  # ours, not a successor's
                     os.unlink(path)
+
+
+def _set_socket_options(sock: socket.socket, timeout: float) -> bool:
+    """Kernel timeouts (and TCP_NODELAY on TCP) on ``sock``; True if a socket accepted
+    from it inherits them: Linux copies a TCP listener's options into the sockets it
+    accepts, not a Unix one's (those get them per connection, in ``_serve``)."""
+    seconds = int(timeout)
+    value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+    if tcp:  # one write per response, but a streamed one must not wait for an ACK
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return tcp and sys.platform == "linux"
+
+
+def recv_at_hand(sock: socket.socket, size: int) -> bytes | None:
+    """What has arrived on ``sock`` (b"" at EOF) without waiting; None if nothing has.
+
+    Raises:
+        OSError: the connection failed (a reset).
+    """
+    try:
+        return sock.recv(size, _DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
+def _input_done(held: Held) -> bool:
+    """Whether the protocol read all the input it was sent (its ``input_done``)."""
+    return bool(getattr(held.handler, "input_done", False))
 
 
 def _peer_name(addr: object) -> str:

@@ -3,9 +3,9 @@
 Owns the I/O around ``scgi_request.SCGIRequestParser`` (the sans-IO parser, which
 owns the netstring and the body's bounds): reading the socket when the parser needs
 data, and turning the one request of a connection into a WSGI call through the shared
-seam (``gateway_server.GatewayServer.respond``). The listener and the thread pool are
-``gateway_server``'s and ``gateway_pool``'s. Research: shared/research/fastcgi-anchors.md
-§4, §5 (SCGI).
+seam (``gateway_server.GatewayServer.respond``). The listener and the concurrency are
+``gateway_server``'s, ``gateway_inline``'s (threads=1) and ``gateway_pool``'s.
+Research: shared/research/fastcgi-anchors.md §4, §5 (SCGI).
 
 - One request per connection (SCGI item 7): the response is the CGI header block
   (``Status:``, which nginx parses) and the body, written to the socket as the app
@@ -25,8 +25,8 @@ from __future__ import annotations
 import socket
 from typing import Final
 
-from cgikit.gateway_pool import FIRST_INPUT_WAIT, Served, input_ready
-from cgikit.gateway_server import GatewayServer, LogErrors
+from cgikit.gateway_pool import Served, input_ready
+from cgikit.gateway_server import GatewayServer, LogErrors, recv_at_hand
 from cgikit.scgi_request import (
     NEED_DATA,
     Body,
@@ -62,6 +62,12 @@ class _SCGIConnection:
         self.body_done = False
         self.gone = False  # the web server closed mid-body: nothing more is written
         self.parked = False  # given back to the poller once, to wait for its request
+        self.held: list[bytes] = []  # a body returned whole, written at the end
+
+    @property
+    def input_done(self) -> bool:
+        """The whole request was read (``InlinePool``'s close needs no drain)."""
+        return self.body_done
 
     def log(self, message: str) -> None:
         self.server.log(f"{self.peer}: scgi: {message}")
@@ -70,9 +76,18 @@ class _SCGIConnection:
         """Serve the request; True (nothing has arrived yet): wait in the poller."""
         # The first byte may be long in coming on a pre-opened connection: it waits in
         # the pool's poller, not in a thread. The request then has ``timeout`` per read.
-        if not self.parked and not input_ready(self.sock, FIRST_INPUT_WAIT):
-            self.parked = True  # the poller gives it back once input has come
-            return True
+        try:
+            data = recv_at_hand(self.sock, _RECV)
+        except OSError as exc:
+            self.log(f"read failed: {exc}")
+            data = b""
+        if data is None:
+            wait = 0.0 if self.parked else self.server.first_wait
+            if wait <= 0 or not input_ready(self.sock, wait):
+                self.parked = True  # the poller gives it back once input has come
+                return True
+            data = self._recv()
+        self.parser.receive_data(data)
         self._serve()
         return False
 
@@ -90,17 +105,35 @@ class _SCGIConnection:
             raise AssertionError(f"SCGI parser gave {event!r} before Headers")
         meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.params.items()}
         errors = LogErrors(self.log)
-        self.server.respond(meta, self._read_body, errors, self._send, self.log)
+        self.server.respond(meta, self._read_body, errors, self._send, self.log, self.held.append)
         errors.flush()
+        self.body_done = self.body_done or self._body_received()
+        if self.held and not self.gone:
+            try:
+                self.sock.sendall(b"".join(self.held))
+            except OSError as exc:
+                self.log(f"client went away before the response was complete ({exc})")
+
+    def _body_received(self) -> bool:
+        """Whether the body's end has arrived, read by the app or not (no I/O)."""
+        try:
+            while (event := self.parser.next_event()) is not NEED_DATA:
+                if isinstance(event, EndOfBody):
+                    return True
+        except SCGIError:
+            pass
+        return False
+
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(_RECV)
+        except OSError as exc:  # a timeout or a reset: the web server is gone for us
+            self.log(f"read failed: {exc}")
+            return b""
 
     def _next_event(self) -> Event:
         while (event := self.parser.next_event()) is NEED_DATA:
-            try:
-                data = self.sock.recv(_RECV)
-            except OSError as exc:  # a timeout or a reset: the web server is gone for us
-                self.log(f"read failed: {exc}")
-                data = b""
-            self.parser.receive_data(data)
+            self.parser.receive_data(self._recv())
         return event
 
     def _read_body(self, size: int) -> bytes:

@@ -261,9 +261,15 @@ class Response:
         debug: bool = False,
         send_file: "Callable[[int, int, int], int] | None" = None,
         serialize: "Callable[[str, Headers], bytes]" = serialize_cgi,
+        deferred: "Callable[[bytes], object] | None" = None,
     ) -> None:
+        """``deferred``: where output goes instead of ``send`` once the app has returned
+        its whole body in memory (a list or tuple of bytes): no app code runs before
+        the response ends, so a gateway may hold it and write it with what follows
+        (FastCGI's END_REQUEST) in one system call."""
         self.environ = environ
         self._send = send
+        self._deferred = deferred
         self._send_file = send_file
         self._log = log
         self._serialize = serialize
@@ -364,6 +370,8 @@ class Response:
         try:
             if not self.headers_sent and self.body_bytes == 0:
                 self._known = known_length(result)
+                if self._known is not None and self._deferred is not None:
+                    self._send = self._deferred
             if type(result) is FileWrapper and self._send_file is not None:
                 self._send_wrapper(result, self._send_file)
             else:

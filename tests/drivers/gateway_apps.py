@@ -2,7 +2,10 @@
 
 Apps are wrapped in ``wsgiref.validate.validator``. ``running`` starts a server
 in-process on 127.0.0.1 port 0 (or a Unix socket), collects its log lines, shuts it
-down at the end and checks that no worker thread is left.
+down at the end and checks that no worker thread is left. ``pool_mode`` (a fixture a
+test module uses with ``pytestmark = pytest.mark.usefixtures("pool_mode")``) runs each
+of its tests twice: servers built without ``threads`` get 1 (``gateway_inline``: the
+app called on the loop's thread) and then 4 (``gateway_pool``: worker threads).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.validate import validator
 
+import pytest
+
 from cgikit.gateway_server import GatewayServer
 
 TIMEOUT = 5.0
+DEFAULT_THREADS = {"threads": 8}  # what ``running`` gives a server built without threads
 Env = dict[str, Any]
 StartResponse = Callable[..., Any]
 
@@ -124,6 +130,7 @@ def running(
     cls: type[GatewayServer], app: Callable[..., Any], address: str = "127.0.0.1:0", **kw: Any
 ) -> Iterator[Running]:
     lines: list[str] = []
+    kw.setdefault("threads", DEFAULT_THREADS["threads"])
     server = cls(app, address, log=lines.append, **kw)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
@@ -137,3 +144,14 @@ def running(
             t.name for t in threading.enumerate() if t.name.startswith(f"cgikit-{cls.protocol}-")
         ]
         assert leftover == []
+
+
+@pytest.fixture(params=[1, 4], ids=["inline", "threaded"])
+def pool_mode(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The default ``threads`` of ``running`` for one test: 1 (inline) or 4 (pool)."""
+    saved = DEFAULT_THREADS["threads"]
+    DEFAULT_THREADS["threads"] = request.param
+    try:
+        yield request.param
+    finally:
+        DEFAULT_THREADS["threads"] = saved

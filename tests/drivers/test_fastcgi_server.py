@@ -17,16 +17,21 @@ from cgikit import fastcgi_records as wire
 from cgikit.fastcgi_server import FastCGIServer
 from cgikit.gateway_server import Address, parse_address
 from drivers.gateway_apps import (
+    DEFAULT_THREADS,
     TIMEOUT,
     Slow,
     echo_body,
     environ_keys,
     hello,
+    pool_mode,
     raise_before,
     running,
     stderr,
     stream,
 )
+
+pytestmark = pytest.mark.usefixtures("pool_mode")
+__all__ = ["pool_mode"]  # the fixture, imported for pytest
 
 PARAMS = {
     b"REQUEST_METHOD": b"GET",
@@ -151,7 +156,8 @@ def test_environ_from_params() -> None:
         sock.close()
     lines = set(text.split("\n"))
     assert {"PATH_INFO=/p", "QUERY_STRING=a=1", "HTTP_X_LATIN=caf\xe9"} <= lines
-    assert {"wsgi.multithread=True", "wsgi.multiprocess=False", "wsgi.run_once=False"} <= lines
+    threaded = f"wsgi.multithread={DEFAULT_THREADS['threads'] > 1}"
+    assert {threaded, "wsgi.multiprocess=False", "wsgi.run_once=False"} <= lines
     assert not any(line.startswith(("HTTP_PROXY", "CONTENT_LENGTH")) for line in lines)
 
 

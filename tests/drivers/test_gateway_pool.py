@@ -24,11 +24,13 @@ from cgikit.fastcgi_server import FastCGIServer
 from cgikit.gateway_peers import parse_peers, peer_allowed
 from cgikit.gateway_server import Address, listen
 from cgikit.scgi_server import SCGIServer
-from drivers.gateway_apps import TIMEOUT, environ_keys, hello, running
+from drivers.gateway_apps import TIMEOUT, environ_keys, hello, pool_mode, running
 from drivers.test_fastcgi_server import closed, read_reply, request_bytes
 from drivers.test_scgi_server import exchange, scgi_request
 
 Env = dict[str, Any]
+pytestmark = pytest.mark.usefixtures("pool_mode")
+__all__ = ["pool_mode"]  # the fixture, imported for pytest
 
 
 def served(sock: socket.socket, *, keep: bool = True) -> bytes:

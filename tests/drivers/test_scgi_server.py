@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 
 from cgikit.scgi_server import SCGIServer
-from drivers.gateway_apps import TIMEOUT, Slow, echo_body, environ_keys, hello, running
+from drivers.gateway_apps import (
+    DEFAULT_THREADS,
+    TIMEOUT,
+    Slow,
+    echo_body,
+    environ_keys,
+    hello,
+    pool_mode,
+    running,
+)
+
+pytestmark = pytest.mark.usefixtures("pool_mode")
+__all__ = ["pool_mode"]  # the fixture, imported for pytest
 
 
 def scgi_request(body: bytes = b"", **extra: str) -> bytes:
@@ -47,7 +59,8 @@ def test_environ() -> None:
         out = exchange(srv.connect(), scgi_request(HTTP_X_LATIN="caf\xe9"))
     lines = set(out.partition(b"\r\n\r\n")[2].decode("latin-1").split("\n"))
     assert {"PATH_INFO=/p", "SERVER_NAME=localhost", "HTTP_X_LATIN=caf\xe9", "SCGI=1"} <= lines
-    assert {"wsgi.multithread=True", "wsgi.run_once=False"} <= lines
+    threaded = f"wsgi.multithread={DEFAULT_THREADS['threads'] > 1}"
+    assert {threaded, "wsgi.run_once=False"} <= lines
     assert not any(line.startswith("HTTP_PROXY") for line in lines)
 
 
