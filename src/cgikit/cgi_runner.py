@@ -59,7 +59,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import subprocess
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
@@ -67,7 +66,7 @@ from typing import IO, Final, TypeAlias
 
 from cgikit.cgi_output import Body, EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
 from cgikit.client_socket import peek_client
-from cgikit.process_group import ProcessGroup, spawn
+from cgikit.process_group import ProcessGroup, Spawned, spawn
 from cgikit.stderr_log import StderrLog
 
 Event: TypeAlias = Head | Body | EndOfOutput
@@ -146,7 +145,7 @@ class ScriptRun:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: Spawned,
         sel: selectors.BaseSelector,
         parser: ScriptOutput,
         body: Callable[[int], bytes],

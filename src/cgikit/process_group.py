@@ -6,9 +6,8 @@ of a process group that holds everything it starts. ``ProcessGroup`` then reaps 
 whole group (SIGTERM, ``grace``, SIGKILL) and logs how the script ended. The pipes,
 the selector and the timeouts are ``cgi_runner``'s.
 
-Spawning: ``subprocess.Popen``, which on Linux uses vfork (no ``preexec_fn``) and does
-``cwd``, ``setsid`` (``start_new_session``) and ``close_fds`` in C; ``os.posix_spawn``
-has no ``cwd`` in Python 3.11, so it would need a ``chdir`` wrapper.
+Spawning: libc's posix_spawn through ``posix_spawn`` (chdir, setsid, closefrom in one
+vfork'd call, the GIL let go), else ``subprocess.Popen``, which does the same in C.
 
 The group, not one pid, is killed: a background process a script leaves behind dies
 with it. Killed grandchildren are reaped by init, or by the server when it is a child
@@ -25,24 +24,30 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import IO, Final, Protocol
+
+from cgikit import posix_spawn
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 
-__all__ = ["Process", "ProcessGroup", "kill_all", "spawn"]
+__all__ = ["Process", "ProcessGroup", "Spawned", "kill_all", "spawn"]
 
 _live: set[ProcessGroup] = set()  # groups not yet gone, for kill_all
 _live_lock = threading.Lock()
 
 
-def spawn(
-    argv: Sequence[bytes | str], env: dict[bytes, bytes], cwd: str
-) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[bytes | str], env: dict[bytes, bytes], cwd: str) -> Spawned:
     """Start the script in ``cwd`` with exactly ``env``, its three pipes non-inherited.
+
+    libc's posix_spawn where it can do all of it (``posix_spawn.available``): a ctypes
+    call that lets go of the GIL, where ``Popen`` holds it through the whole vfork on
+    Python < 3.11.5 (CPython gh-104372), stalling every other thread of the server.
 
     Raises:
         OSError: the script cannot be started (not found, not executable).
     """
+    if posix_spawn.available():
+        return _Spawned(posix_spawn.spawn([os.fsdecode(a) for a in argv], env, cwd))
     return subprocess.Popen(
         argv,
         bufsize=0,
@@ -56,6 +61,24 @@ def spawn(
     )
 
 
+class _Spawned:
+    """A ``posix_spawn.Child`` with Popen's face: its pipes as unbuffered file objects."""
+
+    def __init__(self, child: posix_spawn.Child) -> None:
+        self._child, self.pid = child, child.pid
+        if child.stdin is None:
+            raise RuntimeError("a pipe was asked for stdin")
+        self.stdin: IO[bytes] | None = open(child.stdin, "wb", buffering=0)  # noqa: SIM115
+        self.stdout: IO[bytes] | None = open(child.stdout, "rb", buffering=0)  # noqa: SIM115
+        self.stderr: IO[bytes] | None = open(child.stderr, "rb", buffering=0)  # noqa: SIM115
+
+    def poll(self) -> int | None:
+        return self._child.poll()
+
+    def wait(self) -> int:
+        return self._child.wait()
+
+
 class Process(Protocol):
     """What the group needs of a spawned script: Popen, or ``posix_spawn.Child``."""
 
@@ -63,6 +86,14 @@ class Process(Protocol):
 
     def poll(self) -> int | None: ...
     def wait(self) -> int: ...
+
+
+class Spawned(Process, Protocol):
+    """A script started by ``spawn``: Popen, or posix_spawn's child with file objects."""
+
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
 
 
 class ProcessGroup:
