@@ -49,17 +49,17 @@ The web server's side: docs/deploy/nginx-cgi-bridge.conf.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 # Imported here, by serve() before it gives up root and forks: not in each worker,
 # where the user cgikit became may not be able to read the package.
 from cgikit.fastcgi_server import FastCGIServer
-from cgikit.gateway_server import Address, listen, parse_address
+from cgikit.gateway_run import listener
+from cgikit.gateway_server import Address
 from cgikit.host_parts import READ_SIZE, SPOOL_MEMORY
 from cgikit.site_workers import Listening, Serving
 
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from cgikit._typing import StartResponse, WSGIApp
     from cgikit.site_dispatch import Dispatcher
 
-__all__ = ["BodyFirst", "bind", "listen_site", "make_server", "shown"]
+__all__ = ["BodyFirst", "listen_site", "make_server", "shown"]
 
 
 def listen_site(app: Dispatcher, cgi: str, address: str, threads: int, max_body: int) -> Listening:
@@ -78,7 +78,7 @@ def listen_site(app: Dispatcher, cgi: str, address: str, threads: int, max_body:
     Raises:
         ValueError: a bad address; OSError: it cannot be bound.
     """
-    sock, release = bind(address)
+    sock, release = listener(address)  # and its Unix socket file removed at the end
     line = (
         f"cgikit: serving the CGI scripts of {app.static.root} over FastCGI on "
         f"{shown(sock)} (CGI: {cgi})"
@@ -90,30 +90,6 @@ def listen_site(app: Dispatcher, cgi: str, address: str, threads: int, max_body:
         return make_server(body_first, sock, threads, shared)
 
     return Listening(app, line, threads, make, sock.close, release)
-
-
-def bind(address: str) -> tuple[socket.socket, Callable[[], None]]:
-    """The listening socket on ``address`` (``host:port``, ``[::1]:port``, ``unix:/path``)
-    and what removes its Unix socket file at the end (if it is still ours).
-
-    Raises:
-        ValueError: not one of those forms.
-        OSError: the address cannot be bound.
-    """
-    parsed = parse_address(address)
-    sock = listen(parsed, backlog=1024)
-    path = parsed.path
-    if path is None:
-        return sock, lambda: None
-    inode = os.stat(path).st_ino
-
-    def release() -> None:
-        # OSError too: after giving up root, the directory may not be ours to change.
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:  # ours, not a successor's
-                os.unlink(path)
-
-    return sock, release
 
 
 def make_server(

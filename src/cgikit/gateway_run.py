@@ -45,7 +45,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cgikit._typing import StartResponse, WSGIApp
 
-__all__ = ["inherited_listener", "run_gateway", "serve_inherited"]
+__all__ = ["inherited_listener", "listener", "run_gateway", "serve_inherited"]
 
 FCGI_LISTENSOCK_FILENO: Final = 0
 SD_LISTEN_FDS_START: Final = 3
@@ -96,7 +96,7 @@ def _run_gateway(
     if values["threads"] is None:
         values["threads"] = DEFAULT_THREADS.get(protocol, 1)
     make = _factory(protocol, values, others)
-    sock, release = _listener(address)
+    sock, release = listener(address)
     try:
         workers: int = values["workers"]  # type: ignore[assignment]
         grace: float = values["grace"]  # type: ignore[assignment]
@@ -170,7 +170,7 @@ class _Flagged:
         return self.app(environ, start_response)
 
 
-def _listener(address: str | Address | socket.socket) -> tuple[socket.socket, Callable[[], None]]:
+def listener(address: str | Address | socket.socket) -> tuple[socket.socket, Callable[[], None]]:
     """The listening socket, and what removes its Unix socket file at the end (if ours)."""
     if isinstance(address, socket.socket):
         return address, lambda: None
