@@ -9,9 +9,11 @@ and ``cgi_runner`` pumps the script's stdin, stdout and stderr at once. So a scr
 writes 200 KB before it reads a 1 MiB body does not deadlock (fcgiwrap does: research
 shared/research/fastcgi-anchors.md §6 B16), a script past ``timeout`` is killed with
 its process group (B17, B18), and its stderr reaches the web server's error log as
-FCGI_STDERR (B19). Prefork workers, giving up root and the grace on SIGTERM are
-``site_server.serve``'s, as for HTTP. This module owns the listening socket and each
-worker's server.
+FCGI_STDERR (B19). Each worker's front is ``fastcgi_loop``: an event loop runs the
+common request (a CGI directory's script, a small body) itself with the same host rules
+and the same bytes out, and hands every other one to these threads. Prefork workers,
+giving up root and the grace on SIGTERM are ``site_server.serve``'s, as for HTTP. This
+module owns the listening socket and each worker's server.
 
 What ROOT maps to (the decision):
 
@@ -57,6 +59,7 @@ from typing import IO, Any
 
 # Imported here, by serve() before it gives up root and forks: not in each worker,
 # where the user cgikit became may not be able to read the package.
+from cgikit.fastcgi_loop import FastCGILoopServer
 from cgikit.fastcgi_server import FastCGIServer
 from cgikit.gateway_run import listener
 from cgikit.gateway_server import Address
@@ -87,7 +90,7 @@ def listen_site(app: Dispatcher, cgi: str, address: str, threads: int, max_body:
     body_first = BodyFirst(app, max_body)
 
     def make(shared: bool) -> Serving:
-        return make_server(body_first, sock, threads, shared)
+        return FastCGILoopServer(body_first, app, sock, threads, shared)
 
     return Listening(app, line, threads, make, sock.close, release)
 

@@ -51,7 +51,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cgikit._typing import ErrorStream, WSGIApp
 
-__all__ = ["Address", "GatewayServer", "LogErrors", "listen", "parse_address", "recv_at_hand"]
+__all__ = [
+    "Address",
+    "GatewayServer",
+    "LogErrors",
+    "listen",
+    "parse_address",
+    "recv_at_hand",
+    "set_socket_options",
+]
 
 _DRAIN_SECONDS: Final = 0.2  # reading a closed connection's unread input, at most
 _DRAIN_BYTES: Final = 1 << 20
@@ -222,7 +230,7 @@ class GatewayServer:
         self.server_address: tuple[str, int] | str = self._bound_address()
         # Each connection inherits these from the listener where the kernel allows
         # (TCP on Linux); else ``_setup`` sets them per connection.
-        self._inherits = _set_socket_options(self.socket, timeout)
+        self._inherits = set_socket_options(self.socket, timeout)
         # How long a connection with nothing to read waits before it goes back to the
         # poller: a worker thread may wait (``gateway_pool``); the one thread never does.
         inline = threads == 1
@@ -349,7 +357,7 @@ class GatewayServer:
         try:
             if held.handler is None:
                 if not self._inherits:
-                    _set_socket_options(held.sock, self.timeout)
+                    set_socket_options(held.sock, self.timeout)
                 held.handler = self.connection(held.sock, held.peer)
             return held.handler.serve()
         except Exception as exc:  # a bug must not kill the worker; log it
@@ -365,7 +373,7 @@ class GatewayServer:
                     os.unlink(path)
 
 
-def _set_socket_options(sock: socket.socket, timeout: float) -> bool:
+def set_socket_options(sock: socket.socket, timeout: float) -> bool:
     """Kernel timeouts (and TCP_NODELAY on TCP) on ``sock``; True if a socket accepted
     from it inherits them: Linux copies a TCP listener's options into the sockets it
     accepts, not a Unix one's (those get them per connection, in ``_serve``)."""

@@ -21,6 +21,10 @@ it, and this module turns its events into the HTTP response:
 Only requests ``loop_server`` can answer at once take this path: a CGI directory's
 script, a body (if any) already received whole and small. ``conn`` is the
 ``loop_server`` connection: ``write``, ``finish``, ``stopping`` and its loop.
+
+The script's side (start, redirects, errors, HEAD) is shared with the FastCGI bridge's
+loop: ``fastcgi_exchange`` overrides only the framing hooks (``_frame_head``,
+``_frame_body``, ``_complete``, ``_cut``, ``_finish``) and where lines go (``log``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cgikit.cgi_host import (
     MAX_REDIRECTS,
@@ -48,11 +53,22 @@ from cgikit.wsgi_request import build_environ
 from cgikit.wsgi_response import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
+    from cgikit.event_loop import Loop
     from cgikit.http_request import Request
     from cgikit.loop_server import LoopConnection
     from cgikit.site_dispatch import FastRoute
 
-__all__ = ["LoopExchange"]
+__all__ = ["ExchangeConnection", "LoopExchange"]
+
+
+class ExchangeConnection(Protocol):
+    """What an exchange needs of its connection (``loop_connection``, ``fastcgi_loop``)."""
+
+    loop: Loop
+
+    def write(self, data: bytes) -> bool: ...
+    def stopping(self) -> bool: ...
+    def watch_client(self, on: bool) -> None: ...
 
 
 def _host_log(line: str) -> None:
@@ -72,22 +88,36 @@ class LoopExchange:
         route: FastRoute,
         meta: dict[str, str],
     ) -> None:
-        self.conn, self.request, self.route = conn, request, route
-        self.started = time.monotonic()
+        self.conn, self.request = conn, request
         length = None if request.chunked else (request.content_length or 0)
-        environ = build_environ(meta, io.BytesIO(body), sys.stderr, length)
+        self._prepare(route, build_environ(meta, io.BytesIO(body), sys.stderr, length))
+        self.keep_alive = request.keep_alive
+        self.framing = "none"
+
+    def _prepare(self, route: FastRoute, environ: dict[str, Any]) -> None:
+        """The state every framing shares (the HTTP one here, ``fastcgi_exchange``'s)."""
+        self.route = route
+        self.started = time.monotonic()
         environ["SCRIPT_NAME"], environ["PATH_INFO"] = route.mount, route.rest
         environ["wsgi.input_terminated"] = True
         self.environ = environ
-        self.keep_alive = request.keep_alive
+        self.method = environ["REQUEST_METHOD"]
         self.status = "000"
         self.body_sent = 0
-        self.framing = "none"
         self.task: ScriptTask | None = None
         self.hops = 0
         self.emit = False
+        self.nph = False
         self._head: tuple[str, list[tuple[str, str]]] | None = None  # not sent yet
         self.done = False
+
+    def log(self, line: str) -> None:
+        """A host line (the framing may send it elsewhere: FastCGI's STDERR)."""
+        _host_log(line)
+
+    def _script_log(self) -> Callable[[str], None]:
+        """Where the next script's task logs (its stderr, its exit)."""
+        return self.log
 
     def start(self) -> None:
         """Find and start the script, or answer the error at once."""
@@ -95,11 +125,11 @@ class LoopExchange:
         try:
             self.host_request = HostRequest(environ, self.route.host.settings)
         except (Refused, UnsafePath, UnsafeHeader) as exc:
-            _host_log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
+            self.log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
             self._error(exc.status)
             return
         except UnicodeEncodeError as exc:
-            _host_log(f"a request variable is not latin-1: {exc}")
+            self.log(f"a request variable is not latin-1: {exc}")
             self._error(400)
             return
         self._launch()
@@ -109,7 +139,7 @@ class LoopExchange:
         try:
             launch = host.prepare(request)
         except Refused as exc:
-            _host_log(f"{request.uri}: {exc.reason}")
+            self.log(f"{request.uri}: {exc.reason}")
             self._error(exc.status)
             return
         settings, name = host.settings, launch.script.name
@@ -123,12 +153,12 @@ class LoopExchange:
                 body,
                 parser,
                 self,
-                _host_log,
+                self._script_log(),
                 name,
                 (settings.timeout, settings.idle_timeout, 2.0),
             )
         except OSError as exc:  # logged by the task
-            _host_log(f"{request.uri}: {name}: cannot start: {exc.strerror}")
+            self.log(f"{request.uri}: {name}: cannot start: {exc.strerror}")
             self._error(500)
             return
         self.conn.watch_client(True)
@@ -152,12 +182,12 @@ class LoopExchange:
 
     def _redirect(self, location: str) -> None:
         """RFC 3875 §6.2.2: the response is that of a GET of ``location``."""
-        if self.task is not None:
-            self.task.abort("output abandoned by the caller")
-            self.task = None
+        task, self.task = self.task, None  # first: its last lines are not this answer's
+        if task is not None:
+            task.abort("output abandoned by the caller")
         request = self.host_request
         if self.hops == MAX_REDIRECTS:
-            _host_log(f"{request.uri}: more than {MAX_REDIRECTS} local redirects in a row")
+            self.log(f"{request.uri}: more than {MAX_REDIRECTS} local redirects in a row")
             self._error(500)
             return
         self.hops += 1
@@ -169,9 +199,7 @@ class LoopExchange:
             return
         self.body_sent += len(data)
         head = self._send_head(None) if self._head is not None else b""
-        if self.framing == "chunked":  # RFC 9112 §7.1: chunk-size CRLF data CRLF
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        data = head + data
+        data = head + self._frame_body(data)
         if not self.conn.write(data) and self.task is not None:
             self.task.pause()  # the client's pace: read no more until it drains
 
@@ -187,42 +215,55 @@ class LoopExchange:
         name = task.name if task is not None else "?"
         if error is None:
             if self._head is not None:  # no body came: the head goes alone
-                length = None if self.request.method == "HEAD" else 0
+                length = None if self.method == "HEAD" else 0
                 self.conn.write(self._send_head(length))
-            elif self.framing == "chunked":
-                self.conn.write(b"0\r\n\r\n")  # RFC 9112 §7.1: the last chunk, no trailer
-            self._finish(keep=self.keep_alive and self.framing != "close")
+            self._complete()
             return
         status, reason = error
         if self.status != "000":  # the head is out: only a close can tell the client
-            _host_log(f"{name}: response body cut: {reason}")
-            self._finish(keep=False)
+            self.log(f"{name}: response body cut: {reason}")
+            self._cut()
             return
         if self._head is not None:  # a head, nothing sent: the WSGI path's answer, 500
-            _host_log(f"{name}: response body cut: {reason}")
+            self.log(f"{name}: response body cut: {reason}")
             self._head, status = None, 500
         else:
-            _host_log(f"{self.host_request.uri}: {name}: {reason}")
+            self.log(f"{self.host_request.uri}: {name}: {reason}")
         self._error(status)
 
     def abandon(self, why: str) -> None:
         """The connection is going (shutdown, an internal error): end the script and
         give its slot back; nothing more is sent or logged."""
-        if self.task is not None:
-            self.task.abort(why)
-            self.task = None
+        task, self.task = self.task, None
+        if task is not None:
+            task.abort(why)
         if not self.done:
             self.done = True
             self.route.release()
 
     def client_gone(self) -> None:
         """The client hung up: end the script; nothing more is sent."""
-        if self.task is not None:
-            self.task.abort("client went away")
-            self.task = None
+        task, self.task = self.task, None
+        if task is not None:
+            task.abort("client went away")
         self._finish(keep=False)
 
-    # -- the response ----------------------------------------------------------------
+    # -- the response: HTTP/1.1 framing (``fastcgi_exchange`` frames it as CGI) -------
+
+    def _frame_body(self, data: bytes) -> bytes:
+        if self.framing == "chunked":  # RFC 9112 §7.1: chunk-size CRLF data CRLF
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def _complete(self) -> None:
+        """The script ended well and the head is out: end the body."""
+        if self.framing == "chunked":
+            self.conn.write(b"0\r\n\r\n")  # RFC 9112 §7.1: the last chunk, no trailer
+        self._finish(keep=self.keep_alive and self.framing != "close")
+
+    def _cut(self) -> None:
+        """The body is cut after the head: only a close can tell the client."""
+        self._finish(keep=False)
 
     def _send_head(self, length: int | None) -> bytes:
         """The head, framed now that it is known whether a body follows."""
@@ -232,19 +273,22 @@ class LoopExchange:
         self._head = None
         if length is not None and int(status[:3]) not in NO_BODY_STATUSES:
             headers = [*headers, ("Content-Length", str(length))]
+        self.status = status
+        return self._frame_head(status, headers)
+
+    def _frame_head(self, status: str, headers: list[tuple[str, str]]) -> bytes:
         keep = self.keep_alive and not self.conn.stopping()
         head, self.framing, self.keep_alive, _ = frame_head(
-            status, headers, self.request.method, self.request.version, keep
+            status, headers, self.method, self.request.version, keep
         )
-        self.status = status
         return head
 
     def _error(self, status: int) -> None:
         line, headers, body = error_body(status)
         self._head = (line, headers)
         head = self._send_head(None)
-        self.conn.write(head if self.request.method == "HEAD" else head + body)
-        if self.request.method != "HEAD":
+        self.conn.write(head if self.method == "HEAD" else head + body)
+        if self.method != "HEAD":
             self.body_sent = len(body)
         self._finish(keep=self.keep_alive)
 

@@ -1,0 +1,221 @@
+"""The bridge's event loop (fastcgi_loop) answers as its threaded path does.
+
+The same site is served in process by the threaded bridge (``FastCGIServer`` with
+``BodyFirst(Dispatcher)``) and by ``FastCGILoopServer``, each on its own loopback port.
+Every request of the table goes to both as raw FastCGI records: STDOUT, STDERR and
+END_REQUEST must be the same, and the loop must have answered itself (nothing handed
+to its threads), or the comparison would compare the threaded path with itself. Then
+what the loop hands over (other paths, large bodies), kept connections across both
+paths, and an abort.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cgikit import fastcgi_records as wire
+from cgikit.fastcgi_bridge import BodyFirst
+from cgikit.fastcgi_loop import FastCGILoopServer
+from cgikit.fastcgi_server import FastCGIServer
+from cgikit.gateway_server import listen, parse_address
+from cgikit.site_dispatch import Dispatcher
+from drivers.test_fastcgi_server import Reply, read_reply, request_bytes
+from serve.servekit import write_script
+from serve.test_fast_path import SCRIPTS
+
+TIMEOUT = 10.0
+BASE = {
+    b"GATEWAY_INTERFACE": b"CGI/1.1",
+    b"SERVER_PROTOCOL": b"HTTP/1.1",
+    b"SERVER_NAME": b"h",
+    b"SERVER_PORT": b"80",
+    b"REMOTE_ADDR": b"127.0.0.1",
+    b"REMOTE_PORT": b"5000",
+    b"HTTP_HOST": b"h",
+}
+
+
+def params(uri: str, method: str = "GET", **extra: str) -> dict[bytes, bytes]:
+    more = {k.encode(): v.encode() for k, v in extra.items()}
+    return {**BASE, b"REQUEST_METHOD": method.encode(), b"REQUEST_URI": uri.encode(), **more}
+
+
+def cgi(name: str, method: str = "GET") -> dict[bytes, bytes]:
+    return params(f"/cgi-bin/{name}", method)
+
+
+POST = {**params("/cgi-bin/echo.sh?q=1", "POST", CONTENT_TYPE="text/x", CONTENT_LENGTH="11")}
+REQUESTS: dict[str, tuple[dict[bytes, bytes], bytes]] = {
+    **{
+        name: (cgi(f"{name}.sh"), b"")
+        for name in (
+            "hello",
+            "crlf",
+            "status",
+            "bare-status",
+            "nobody",
+            "notype",
+            "204",
+            "client-redirect",
+            "redirect-doc",
+            "local-redirect",
+            "cookies",
+            "big",
+            "garbage",
+            "silent",
+            "stderr",
+        )
+    },
+    "redirect-loop": (cgi("loop.sh"), b""),
+    "redirect-away": (cgi("away.sh"), b""),
+    "nph": (cgi("nph-raw.sh"), b""),
+    "head": (cgi("hello.sh", "HEAD"), b""),
+    "head-nobody": (cgi("nobody.sh", "HEAD"), b""),
+    "post": (POST, b"hello world"),
+    "env": (
+        {
+            **params("/cgi-bin/env.sh/extra/path?a=b&c", HTTP_X_CUSTOM="v", HTTP_PROXY="evil"),
+            b"SCRIPT_FILENAME": b"/bin/sh",
+            b"HTTP_CONTENT_LENGTH": b"9",
+        },
+        b"",
+    ),
+    "missing": (cgi("nope.sh"), b""),
+    "not-executable": (cgi("data.txt"), b""),
+    "directory": (cgi(""), b""),
+    "no-request-uri": (
+        {**BASE, b"REQUEST_METHOD": b"GET", b"SCRIPT_NAME": b"/cgi-bin/hello.sh"},
+        b"",
+    ),
+}
+BIG = b"x" * 100_000
+HANDED = {  # name: (params, body, what STDOUT starts with)
+    "not-a-script-dir": (params("/index.html"), b"", b"Status: 404 Not Found\r\n"),
+    "large-body": (
+        params("/cgi-bin/echo.sh", "POST", CONTENT_LENGTH=str(len(BIG))),
+        BIG,
+        b"Status: 200 OK\r\nContent-Type: text/plain\r\nX-Len: 100000\r\n\r\n" + BIG,
+    ),
+    "bad-length": (params("/cgi-bin/echo.sh", "POST", CONTENT_LENGTH="x"), b"", b"Status: 400"),
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fcgi")
+    (root / "index.html").write_text("<p>hi</p>\n")
+    for name, text in SCRIPTS.items():
+        write_script(root / "cgi-bin" / name, text)
+    (root / "cgi-bin" / "data.txt").write_text("not a script\n")
+    return root
+
+
+def _dispatcher(site: Path) -> Dispatcher:
+    options = {"timeout": 5.0, "idle_timeout": 5.0}
+    return Dispatcher(site, {"/cgi-bin": str(site / "cgi-bin")}, host_options=options, files=False)
+
+
+@pytest.fixture(scope="module")
+def servers(site: Path) -> Iterator[tuple[FastCGIServer, FastCGILoopServer]]:
+    threaded_app = BodyFirst(_dispatcher(site), 1 << 20)
+    threaded = FastCGIServer(threaded_app, "127.0.0.1:0", threads=4)
+    dispatcher = _dispatcher(site)
+    sock = listen(parse_address("127.0.0.1:0"))
+    looped = FastCGILoopServer(BodyFirst(dispatcher, 1 << 20), dispatcher, sock, 4)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (threaded, looped)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield threaded, looped
+    finally:
+        threaded.shutdown(2.0)
+        looped.shutdown(2.0)
+        for thread in threads:
+            thread.join(10)
+        sock.close()
+
+
+def port(server: FastCGIServer | FastCGILoopServer) -> int:
+    sock = server.socket
+    return int(sock.getsockname()[1])
+
+
+def ask(port: int, *requests: tuple[dict[bytes, bytes], bytes]) -> list[Reply]:
+    """Send the requests on one connection (KEEP_CONN but for the last)."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        reader = wire.RecordReader()
+        for index, (request_params, body) in enumerate(requests):
+            keep = index < len(requests) - 1
+            sock.sendall(request_bytes(index + 1, keep=keep, params=request_params, body=body))
+            replies.append(read_reply(sock, reader))
+    return replies
+
+
+ABANDONED = re.compile(rb"cgikit: [^\n]*: output abandoned by the caller; killing [^\n]*\n")
+
+
+def same(reply: Reply) -> tuple[bytes, bytes, object]:
+    """What must match; a redirected script's kill line depends on whether it exited
+    before the redirect was followed (either path)."""
+    return reply.stdout, ABANDONED.sub(b"", reply.stderr), reply.end
+
+
+@pytest.mark.parametrize("name", list(REQUESTS))
+def test_the_loop_answers_as_the_threads_do(
+    servers: tuple[FastCGIServer, FastCGILoopServer], name: str
+) -> None:
+    threaded, looped = servers
+    handed = looped.handed_over
+    expected = ask(port(threaded), REQUESTS[name])[0]
+    got = ask(port(looped), REQUESTS[name])[0]
+    assert same(got) == same(expected)
+    assert got.stdout.startswith(b"Status: ")
+    assert looped.handed_over == handed, "the loop gave this request to its threads"
+
+
+@pytest.mark.parametrize("name", list(HANDED))
+def test_what_the_loop_hands_over_is_answered(
+    servers: tuple[FastCGIServer, FastCGILoopServer], name: str
+) -> None:
+    threaded, looped = servers
+    request_params, body, start = HANDED[name]
+    handed = looped.handed_over
+    expected = ask(port(threaded), (request_params, body))[0]
+    got = ask(port(looped), (request_params, body))[0]
+    assert same(got) == same(expected)
+    assert got.stdout.startswith(start)
+    assert looped.handed_over == handed + 1
+
+
+def test_a_kept_connection_goes_between_loop_and_threads(
+    servers: tuple[FastCGIServer, FastCGILoopServer],
+) -> None:
+    _, looped = servers
+    order = [REQUESTS["hello"], HANDED["large-body"][:2], REQUESTS["post"], REQUESTS["hello"]]
+    replies = ask(port(looped), *order)
+    assert [r.stdout.split(b"\r\n")[0] for r in replies] == [b"Status: 200 OK"] * 4
+    assert replies[1].stdout.endswith(BIG) and replies[2].stdout.endswith(b"hello world")
+    assert all(r.end == (0, wire.REQUEST_COMPLETE) for r in replies)
+
+
+def test_an_abort_ends_the_script_and_the_request(
+    servers: tuple[FastCGIServer, FastCGILoopServer], site: Path
+) -> None:
+    write_script(site / "cgi-bin" / "sleepy.sh", "#!/bin/sh\nexec sleep 30\n")
+    _, looped = servers
+    with socket.create_connection(("127.0.0.1", port(looped)), timeout=TIMEOUT) as sock:
+        sock.sendall(request_bytes(1, keep=True, params=cgi("sleepy.sh")))
+        time.sleep(0.3)
+        sock.sendall(wire.encode_record(wire.ABORT_REQUEST, 1))
+        started = time.monotonic()
+        reply = read_reply(sock)
+        assert reply.end is not None and time.monotonic() - started < 5
+    assert same(ask(port(looped), REQUESTS["hello"])[0])[0].endswith(b"hello\n")
