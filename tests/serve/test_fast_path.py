@@ -69,27 +69,25 @@ SCRIPTS = {
     "silent.sh": "#!/bin/sh\nexit 3\n",
     "stderr.sh": "#!/bin/sh\necho 'to the log' >&2\nprintf 'Content-Type: text/plain\\n\\nx'\n",
 }
+PLAIN = (  # scripts asked for by a plain GET: name.sh
+    "hello",
+    "crlf",
+    "status",
+    "bare-status",
+    "nobody",
+    "notype",
+    "204",
+    "client-redirect",
+    "redirect-doc",
+    "local-redirect",
+    "cookies",
+    "big",
+    "garbage",
+    "silent",
+    "stderr",
+)
 REQUESTS = {  # name: raw request (Connection: close, so each response ends at the close)
-    **{
-        name: get(f"/cgi-bin/{name}.sh")
-        for name in (
-            "hello",
-            "crlf",
-            "status",
-            "bare-status",
-            "nobody",
-            "notype",
-            "204",
-            "client-redirect",
-            "redirect-doc",
-            "local-redirect",
-            "cookies",
-            "big",
-            "garbage",
-            "silent",
-            "stderr",
-        )
-    },
+    **{name: get(f"/cgi-bin/{name}.sh") for name in PLAIN},
     "redirect-loop": get("/cgi-bin/loop.sh"),
     "redirect-away": get("/cgi-bin/away.sh"),
     "nph": get("/cgi-bin/nph-raw.sh"),

@@ -28,7 +28,7 @@ from cgikit.gateway_server import listen, parse_address
 from cgikit.site_dispatch import Dispatcher
 from drivers.test_fastcgi_server import Reply, read_reply, request_bytes
 from serve.servekit import write_script
-from serve.test_fast_path import SCRIPTS
+from serve.test_fast_path import PLAIN, SCRIPTS
 
 TIMEOUT = 10.0
 BASE = {
@@ -53,26 +53,7 @@ def cgi(name: str, method: str = "GET") -> dict[bytes, bytes]:
 
 POST = {**params("/cgi-bin/echo.sh?q=1", "POST", CONTENT_TYPE="text/x", CONTENT_LENGTH="11")}
 REQUESTS: dict[str, tuple[dict[bytes, bytes], bytes]] = {
-    **{
-        name: (cgi(f"{name}.sh"), b"")
-        for name in (
-            "hello",
-            "crlf",
-            "status",
-            "bare-status",
-            "nobody",
-            "notype",
-            "204",
-            "client-redirect",
-            "redirect-doc",
-            "local-redirect",
-            "cookies",
-            "big",
-            "garbage",
-            "silent",
-            "stderr",
-        )
-    },
+    **{name: (cgi(f"{name}.sh"), b"") for name in PLAIN},
     "redirect-loop": (cgi("loop.sh"), b""),
     "redirect-away": (cgi("away.sh"), b""),
     "nph": (cgi("nph-raw.sh"), b""),
