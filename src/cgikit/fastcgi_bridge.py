@@ -62,7 +62,7 @@ from typing import IO, Any
 from cgikit.fastcgi_loop import FastCGILoopServer
 from cgikit.fastcgi_server import FastCGIServer
 from cgikit.gateway_run import listener
-from cgikit.gateway_server import Address
+from cgikit.gateway_socket import Address
 from cgikit.host_parts import READ_SIZE, SPOOL_MEMORY
 from cgikit.site_workers import Listening, Serving
 

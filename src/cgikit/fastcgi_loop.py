@@ -28,7 +28,7 @@ from cgikit import posix_spawn
 from cgikit.event_loop import READ, Loop
 from cgikit.fastcgi_front import FrontConnection
 from cgikit.fastcgi_server import FastCGIServer
-from cgikit.gateway_server import set_socket_options
+from cgikit.gateway_socket import set_socket_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

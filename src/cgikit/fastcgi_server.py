@@ -52,7 +52,8 @@ from cgikit.fastcgi_connection import (
     StdinEnded,
 )
 from cgikit.gateway_pool import Served, input_ready
-from cgikit.gateway_server import GatewayServer, recv_at_hand
+from cgikit.gateway_server import GatewayServer
+from cgikit.gateway_socket import recv_at_hand
 from cgikit.wsgi_request import ClientDisconnected
 
 __all__ = ["FastCGIServer"]

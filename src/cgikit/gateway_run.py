@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 
 from cgikit.gateway_options import DEFAULT_THREADS, GATEWAY_ENV, PROTOCOLS, gateway_settings
 from cgikit.gateway_peers import parse_peers
-from cgikit.gateway_server import Address, listen, parse_address
+from cgikit.gateway_socket import Address, listen, parse_address
 from cgikit.prefork import run_workers
 
 TYPE_CHECKING = False

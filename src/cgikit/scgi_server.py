@@ -26,7 +26,8 @@ import socket
 from typing import Final
 
 from cgikit.gateway_pool import Served, input_ready
-from cgikit.gateway_server import GatewayServer, LogErrors, recv_at_hand
+from cgikit.gateway_server import GatewayServer, LogErrors
+from cgikit.gateway_socket import recv_at_hand
 from cgikit.scgi_request import (
     NEED_DATA,
     Body,
