@@ -20,7 +20,7 @@ it, and this module turns its events into the HTTP response:
 
 Only requests ``loop_server`` can answer at once take this path: a CGI directory's
 script, a body (if any) already received whole and small. ``conn`` is the
-``loop_server`` connection: ``write``, ``finish``, ``stopping`` and its loop.
+``loop_connection`` connection: ``write``, ``finish``, ``stopping`` and its loop.
 
 The script's side (start, redirects, errors, HEAD) is shared with the FastCGI bridge's
 loop: ``fastcgi_exchange`` overrides only the framing hooks (``_frame_head``,

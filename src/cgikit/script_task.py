@@ -1,19 +1,22 @@
 """One CGI script run on an event loop: the event-driven twin of ``cgi_runner``.
 
-``ScriptTask`` spawns a script (``process_group.spawn``: its own session and group),
-writes the request body (already in memory) to its stdin, and feeds its stdout to a
+``ScriptTask`` spawns a script (libc's posix_spawn, ``posix_spawn``; Popen where libc
+cannot: its own session and group, /dev/null as stdin when there is no body), writes the request body (already in memory) to its stdin, and feeds its stdout to a
 ``cgi_output`` parser as the loop says the pipes are ready, calling its owner back:
 ``script_head(Head)``, ``script_body(bytes)`` for each chunk, then exactly one
 ``script_end(error)``: None when the output ended and the script exited, else
 ``(status, reason)``: 502 for malformed or missing output, 504 for a timeout before
 the head (after it, the owner cuts the body). The same rules as the threaded runner:
 
-- stdin, stdout, stderr and the exit (a pidfd) are watched together, so a script that
-  writes before it reads cannot deadlock (research R18); a script that stops reading
-  its stdin just loses the rest of the body (CVE-2014-0231).
+- stdin, stdout and stderr are watched together, so a script that writes before it
+  reads cannot deadlock (research R18); a script that stops reading its stdin just
+  loses the rest of the body (CVE-2014-0231). The exit is polled once at stdout's EOF;
+  a script still running ``EXIT_WATCH_DELAY`` after its start gets a pidfd watched
+  too, so one whose grandchild holds the pipes is seen to exit (and the group killed).
 - ``timeout`` bounds the whole run; ``idle_timeout`` the silence on stdout while the
   task waits for it (not while the owner holds it back with ``pause``: the client's
-  slowness is not the script's).
+  slowness is not the script's). Deadlines are checked when the owner calls ``tick``
+  (every few tens of milliseconds), not by a timer object per run.
 - Once stdout is at EOF the script gets ``kill_grace`` to exit; the response ends when
   it has (so the exit status is logged before the access line, as on the threaded path).
 - Whatever ends the run, the process group is gone afterwards. Killing waits (SIGTERM,
