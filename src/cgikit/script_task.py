@@ -1,7 +1,8 @@
 """One CGI script run on an event loop: the event-driven twin of ``cgi_runner``.
 
 ``ScriptTask`` spawns a script (libc's posix_spawn, ``posix_spawn``; Popen where libc
-cannot: its own session and group, /dev/null as stdin when there is no body), writes the request body (already in memory) to its stdin, and feeds its stdout to a
+cannot: its own session and group, /dev/null as stdin when there is no body), writes
+the request body (already in memory) to its stdin, and feeds its stdout to a
 ``cgi_output`` parser as the loop says the pipes are ready, calling its owner back:
 ``script_head(Head)``, ``script_body(bytes)`` for each chunk, then exactly one
 ``script_end(error)``: None when the output ended and the script exited, else
