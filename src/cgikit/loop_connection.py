@@ -111,7 +111,8 @@ class LoopConnection:
         length = request.content_length or 0
         fits = not request.chunked and length <= FAST_BODY and self.parser.buffered >= length
         route = None
-        if fits and not request.expect_continue and not self.stopping():
+        # Stopping too: the answer says Connection: close, as the threads' would.
+        if fits and not request.expect_continue:
             route = self.server.route(meta["REQUEST_URI"])
         if route is None:
             self.loop.remove(self.fd)

@@ -29,7 +29,7 @@ from typing import Final
 from cgikit import posix_spawn
 from cgikit.event_loop import READ, Loop
 from cgikit.http_request import Request
-from cgikit.http_server import HTTPServer
+from cgikit.http_server import HTTPServer, Queued
 from cgikit.loop_connection import FAST_BODY, LoopConnection
 
 TYPE_CHECKING = False
@@ -59,27 +59,44 @@ class LoopServer(HTTPServer):
         self.loop: Loop | None = None
         self.connections: set[LoopConnection] = set()
         self.handed_over = 0  # requests given to the thread pool (tests count them)
+        self._loop_done = False  # the loop has stopped handing connections over
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
     def _accept_loop(self) -> None:
-        posix_spawn.prepare()
         loop = self.loop = Loop()
-        loop.on_error = self._callback_failed
-        loop.add(self.socket.fileno(), READ, self._on_accept)
-        # shutdown() writes to this pair and never reads it: level-triggered, it would
-        # wake the loop for ever, so it is watched once.
-        loop.add(self._wake_r.fileno(), READ, lambda mask: loop.remove(self._wake_r.fileno()))
-        self._sweep()
         try:
+            posix_spawn.prepare()
+            loop.on_error = self._callback_failed
+            loop.add(self.socket.fileno(), READ, self._on_accept)
+            # shutdown() writes to this pair and never reads it: level-triggered, it
+            # would wake the loop for ever, so it is watched once.
+            wake = self._wake_r.fileno()
+            loop.add(wake, READ, lambda mask: loop.remove(wake))
+            self._sweep()
             loop.run(lambda: self._stopping)
             self._drain(loop)
         finally:
             for conn in list(self.connections):
                 conn.abort("the server is stopping")
             loop.close()
+            with self._lock:  # the threads may go once nothing more can be handed over
+                self._loop_done = True
+                self._lock.notify_all()
+
+    def _next_connection(self) -> Queued | None:
+        """HTTPServer's, but a thread stays while the loop drains: a connection handed
+        over during the drain must find one (else it would be closed unanswered)."""
+        with self._lock:
+            while not self._queue and not (self._stopping and self._loop_done):
+                self._lock.wait()
+            if not self._queue:
+                return None
+            item = self._queue.popleft()
+            self._active.add(item[0])
+            return item
 
     def _callback_failed(self, exc: Exception, callback: Callable[..., object]) -> None:
         """A bug in a callback: log it, end the connection it served, serve on (as

@@ -288,3 +288,32 @@ def test_without_posix_spawn_the_loop_spawns_with_popen(
     for name in ("hello", "post", "status", "local-redirect", "garbage", "stderr"):
         expected = dechunked(exchange(threaded.server_address[1], REQUESTS[name]))
         assert dechunked(exchange(looped.server_address[1], REQUESTS[name])) == expected, name
+
+
+@pytest.mark.parametrize("target", ["/index.html", "/cgi-bin/hello.sh"])
+def test_a_request_arriving_during_shutdown_is_answered(site: Path, target: str) -> None:
+    """A connection accepted before SIGTERM whose request comes during the drain gets
+    its answer, with Connection: close: on the loop, or from a thread (the static file:
+    handed over after the threads were told to stop)."""
+    server = LoopServer(Dispatcher(site, {"/cgi-bin": str(site / "cgi-bin")}), "127.0.0.1", 0)
+    serving = _start(server)
+    sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=TIMEOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # accepted by the loop
+        stopping = threading.Thread(target=server.shutdown, args=(5.0,))
+        stopping.start()
+        time.sleep(0.2)  # the drain has begun; the connection waits for its request
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        response = b"".join(chunks)
+        assert response.startswith(b"HTTP/1.1 200 OK\r\n"), response[:200]
+        assert b"\r\nConnection: close\r\n" in response
+        stopping.join(10)
+    finally:
+        sock.close()
+        server.shutdown(1.0)
+        serving.join(10)
