@@ -37,6 +37,7 @@ from cgikit.fastcgi_connection import (
     StdinEnded,
 )
 from cgikit.fastcgi_exchange import FastCGIExchange
+from cgikit.loop_connection import send_queued
 from cgikit.wsgi_request import EnvironError, content_length
 
 TYPE_CHECKING = False
@@ -259,15 +260,9 @@ class FrontConnection:
         self.flush_soon = False
         if self.closed or self.handed:
             return
-        if self.out:
-            try:
-                sent = self.sock.send(self.out)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._gone()
-                return
-            del self.out[:sent]
+        if self.out and send_queued(self.sock, self.out) < 0:
+            self._gone()
+            return
         if self.blocked != bool(self.out):
             self.blocked = bool(self.out)
             self._watch()

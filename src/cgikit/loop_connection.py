@@ -28,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cgikit.loop_server import LoopServer
 
-__all__ = ["FAST_BODY", "FIRST_REQUEST_WAIT", "OUT_HIGH", "LoopConnection"]
+__all__ = ["FAST_BODY", "FIRST_REQUEST_WAIT", "OUT_HIGH", "LoopConnection", "send_queued"]
 
 FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
 OUT_HIGH: Final = 1 << 18  # bytes queued for a client before its script is paused
@@ -176,14 +176,10 @@ class LoopConnection:
         self.flush_soon = False
         if self.closed or not self.out:
             return
-        try:
-            sent = self.sock.send(self.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
+        sent = send_queued(self.sock, self.out)
+        if sent < 0:
             self._gone()
             return
-        del self.out[:sent]
         self.blocked = bool(self.out)
         if self.blocked:  # the client is slow: wait for room, a bounded time (idle_timeout)
             self._watch()
@@ -291,3 +287,16 @@ class LoopConnection:
         except OSError:
             pass
         self.sock.close()
+
+
+def send_queued(sock: socket.socket, out: bytearray) -> int:
+    """Send what a non-blocking ``sock`` takes of ``out`` now and drop it from ``out``;
+    the count sent, or -1 when the peer is gone (shared with ``fastcgi_front``)."""
+    try:
+        sent = sock.send(out)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return -1
+    del out[:sent]
+    return sent

@@ -217,7 +217,7 @@ class FastRoute:
 
 
 def no_slot() -> None:
-    pass
+    """Nothing to give back: without ``max_procs`` no slot was taken."""
 
 
 class _Holding:
