@@ -46,6 +46,7 @@ Decisions (research: shared/research/cgi-anchors.md):
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -121,8 +122,7 @@ class HostRequest:
         self.path, query = split_target(target)
         self.query = query.decode("latin-1")
         self.uri = target.decode("latin-1")
-        mount = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=PATH_SAFE)
-        self.mount = [s for s in normalize_target(mount.encode("latin-1")) if s] if mount else []
+        self.mount = list(_mount_segments(environ.get("SCRIPT_NAME", "")))
         self.headers = header_list(environ)
         self.body = request_body(environ, settings.max_body)
 
@@ -143,6 +143,14 @@ class HostRequest:
         if segments[: len(self.mount)] != self.mount:
             return None
         return segments[len(self.mount) :]
+
+
+@functools.lru_cache(maxsize=64)
+def _mount_segments(script_name: str) -> tuple[str, ...]:
+    """The mount point's normalised segments: a host has one or a few, so once each,
+    not once a request."""
+    mount = quote(script_name.encode("latin-1"), safe=PATH_SAFE)
+    return tuple(s for s in normalize_target(mount.encode("latin-1")) if s) if mount else ()
 
 
 def _logger(environ: dict[str, Any]) -> Log:
