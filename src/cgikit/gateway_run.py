@@ -216,6 +216,9 @@ def _work(
     # Each worker makes its own server: a server's wake-up pair made before the fork
     # would be shared, and one worker's shutdown would stop them all.
     server = make(app, sock)
+    begin = getattr(server, "begin_shutdown", None)  # FastCGI, SCGI; HTTP polls ``stop``
+    if isinstance(app, _Retiring) and begin is not None:
+        app.retire = lambda: begin(grace)
     thread = threading.Thread(target=server.serve_forever, name="cgikit-gateway")
     thread.start()
     try:
@@ -229,18 +232,23 @@ def _work(
 
 
 class _Retiring:
-    """The app, counted: its ``limit``-th call sets ``stop``; that request still finishes."""
+    """The app, counted: its ``limit``-th call sets ``stop`` and calls ``retire`` (the
+    server stops accepting at once, not when the worker's main thread next looks);
+    that request still finishes."""
 
     def __init__(self, app: WSGIApp, limit: int, stop: threading.Event) -> None:
         self.app, self.limit, self.stop = app, limit, stop
         self.calls = 0
         self._lock = threading.Lock()
+        self.retire: Callable[[], object] = lambda: None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         with self._lock:
             self.calls += 1
-            if self.calls >= self.limit:
-                self.stop.set()
+            reached = self.calls == self.limit
+        if reached:
+            self.stop.set()
+            self.retire()
         return self.app(environ, start_response)
 
 

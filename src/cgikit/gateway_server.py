@@ -219,14 +219,22 @@ class GatewayServer:
         Idle connections are closed. Returns once ``serve_forever`` has returned (at
         once if it never ran). Connections still busy after ``timeout`` are cut.
         """
-        with self._lock:
-            serving = self._serving
-            self._stop_requested.set()
-        if serving:
-            self._pool.stop(timeout)
+        if self.begin_shutdown(timeout):
             self._done.wait(timeout + 10.0)
         else:
             self._close_sockets()
+
+    def begin_shutdown(self, timeout: float = 10.0) -> bool:
+        """``shutdown`` without the wait, from any thread (the app's too: a worker that
+        reached its request limit takes no more connections from that moment). Whether
+        the server is serving."""
+        with self._lock:
+            serving = self._serving
+            first = not self._stop_requested.is_set()
+            self._stop_requested.set()
+        if serving and first:
+            self._pool.stop(timeout)
+        return serving
 
     def __enter__(self) -> GatewayServer:
         return self

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from cgikit._typing import Environ, Headers, WSGIApp
 
 _RECV: Final = 65536
+FIRST_REQUEST_WAIT: Final = 1.0  # shutdown: seconds a new connection has to send a request
 _DRAIN_LIMIT: Final = 1 << 20  # unread body bytes read and dropped to keep the connection
 
 
@@ -92,6 +93,7 @@ class Connection:
         self.app, self.limits, self.log = app, limits, log
         self.stopping, self.wake_fd = stopping, wake_fd
         self.parser = RequestParser(limits.max_header_bytes, limits.max_body_bytes)
+        self.fresh = True  # no request answered on it yet
         sock.settimeout(limits.idle_timeout)  # every send and body read (slow clients)
 
     def serve(self, first: Request | None = None) -> None:
@@ -105,6 +107,7 @@ class Connection:
             exchange = Exchange(self, request)
             if not exchange.run():
                 return
+            self.fresh = False
             self.parser.start_next_request()
             request = None
 
@@ -143,9 +146,16 @@ class Connection:
                 return event
             if isinstance(event, ConnectionClosed):
                 return None
-            if self.stopping() and started is None:
-                return None
-            if started is None:  # RFC 9112 §9.3: idle keep-alive connection
+            if started is None and self.stopping() and not self.fresh:
+                return None  # an idle keep-alive connection: closed at shutdown
+            if started is None and self.stopping():
+                # Accepted before the shutdown: its first request is on its way, and a
+                # client must not see the connection closed unanswered (a SIGHUP).
+                data = self.recv(FIRST_REQUEST_WAIT)
+                if data is None:
+                    return None
+                started = time.monotonic()
+            elif started is None:  # RFC 9112 §9.3: idle keep-alive connection
                 data = self.recv(self.limits.idle_timeout, idle=True)
                 if data is None:
                     return None

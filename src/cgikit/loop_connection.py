@@ -20,6 +20,7 @@ from typing import Final
 
 from cgikit.client_socket import peek_client
 from cgikit.event_loop import READ, WRITE, Loop
+from cgikit.http_connection import FIRST_REQUEST_WAIT  # the same wait on both paths
 from cgikit.http_head import error_response, request_meta
 from cgikit.http_request import BadRequest, ConnectionClosed, Data, Request, RequestParser
 from cgikit.loop_exchange import LoopExchange
@@ -32,7 +33,6 @@ __all__ = ["FAST_BODY", "FIRST_REQUEST_WAIT", "OUT_HIGH", "LoopConnection", "sen
 
 FAST_BODY: Final = 65536  # a larger request body goes to the thread pool, streamed
 OUT_HIGH: Final = 1 << 18  # bytes queued for a client before its script is paused
-FIRST_REQUEST_WAIT: Final = 1.0  # stopping: seconds a new connection has to send a request
 _RECV: Final = 65536
 
 
