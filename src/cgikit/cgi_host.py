@@ -55,6 +55,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
+from cgikit import warm_spawn
 from cgikit._typing import StartResponse
 from cgikit.cgi_meta import UnsafeHeader, build_meta, inherited_environ, to_environb
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
@@ -106,6 +107,7 @@ class Launch:
     env: dict[bytes, bytes]
     cwd: str
     nph: bool  # RFC 3875 §5: its output starts with an HTTP status line
+    warm: warm_spawn.WarmSpawner | None  # warm mode's spawner, tried first (None: exec it)
 
 
 class BodyCut(Exception):
@@ -259,7 +261,16 @@ class CGIHost:
             raise Refused(500, f"cannot build the environment: {exc}") from None
         # RFC 3875 §7.2: the script's directory is its working directory (research G10).
         cwd = os.path.dirname(script.filename)
-        return Launch(script, list(script.argv), to_environb(meta), cwd, _is_nph(script))
+        argv, env = list(script.argv), to_environb(meta)
+        return Launch(script, argv, env, cwd, _is_nph(script), self.warm_spawner())
+
+    def warm_spawner(self) -> warm_spawn.WarmSpawner | None:
+        """This process's warm-mode spawner for the host, if ``warm`` is on (and can be)."""
+        if not (self.settings.warm and warm_spawn.available()):
+            return None
+        env = dict(self._server_environ)
+        env.update(self.settings.env)  # the zygote starts with what every script gets
+        return warm_spawn.spawner(self.settings.preload, env)
 
     def _start(
         self, request: HostRequest, log: Log
@@ -279,6 +290,7 @@ class CGIHost:
                 script_name=script.name,
                 parser=NphOutput() if launch.nph else None,
                 client_fd=_client_fd(request.environ),
+                warm=launch.warm,
             )
         except OSError as exc:  # logged by the runner
             raise Refused(500, f"{script.name}: cannot start: {exc.strerror}") from None

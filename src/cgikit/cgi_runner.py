@@ -68,6 +68,7 @@ from cgikit.cgi_output import Body, EndOfOutput, Head, NeedData, ScriptOutput, S
 from cgikit.client_socket import peek_client
 from cgikit.process_group import ProcessGroup, Spawned, spawn
 from cgikit.stderr_log import StderrLog
+from cgikit.warm_spawn import WarmSpawner
 
 Event: TypeAlias = Head | Body | EndOfOutput
 
@@ -101,6 +102,7 @@ def run_script(
     max_drain: int = 1 << 20,
     parser: ScriptOutput | None = None,
     client_fd: int | None = None,
+    warm: WarmSpawner | None = None,
 ) -> ScriptRun:
     """Start the script; the returned ``ScriptRun`` runs it as it is iterated.
 
@@ -113,6 +115,7 @@ def run_script(
     (default: a ``ScriptOutput(max_header_bytes)``; the host passes one that first turns
     an NPH script's status line into a Status field). ``client_fd`` is the client's
     socket, watched for a hang-up (module docstring); the caller keeps owning it.
+    ``warm``: warm mode's spawner, tried first (``warm_spawn``).
 
     Raises:
         ValueError: a timeout is not positive.
@@ -124,7 +127,7 @@ def run_script(
         parser = ScriptOutput(max_header_bytes)  # checks max_header_bytes before any spawn
     sel = selectors.DefaultSelector()
     try:
-        proc = spawn(argv, env, cwd)  # its own process group (research §3 row 10)
+        proc = spawn(argv, env, cwd, warm, log)  # its own process group (research §3 row 10)
     except OSError as exc:
         sel.close()
         log(f"{script_name}: cannot start: {exc}")

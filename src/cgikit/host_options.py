@@ -78,6 +78,23 @@ HOST_OPTIONS = (
         "Run *.py files that are not executable with the host's own Python interpreter, "
         "as http.server did.",
     ),
+    Option(
+        "warm",
+        "CGIKIT_WARM",
+        bool,
+        False,
+        "Run Python scripts warm: forked per request from a parent that has already "
+        "started their interpreter and imported the preload modules, not exec'd; same "
+        "isolation and contract, a fraction of the start-up cost (Linux; docs/warm.md).",
+    ),
+    Option(
+        "preload",
+        "CGIKIT_PRELOAD",
+        list,
+        (),
+        "Modules warm mode's parents import before forking scripts (repeat the flag or "
+        "separate with commas: flask,jinja2); a script may add its own (docs/warm.md).",
+    ),
 )
 
 
@@ -93,6 +110,8 @@ class HostSettings:
     pass_auth: bool
     local_redirects: bool
     run_python: bool
+    warm: bool
+    preload: tuple[str, ...]
 
 
 def _number(name: str, value: object, kind: type) -> float:
@@ -137,7 +156,7 @@ def host_settings(given: Mapping[str, object]) -> HostSettings:
     if unknown:
         raise TypeError(f"unknown CGIHost option(s): {', '.join(sorted(unknown))}")
     values = {name: given.get(name, option.default) for name, option in known.items()}
-    for name in ("pass_auth", "local_redirects", "run_python"):
+    for name in ("pass_auth", "local_redirects", "run_python", "warm"):
         if not isinstance(values[name], bool):
             raise TypeError(f"{name} must be a bool, not {values[name]!r}")
     pass_env = values["pass_env"]
@@ -158,4 +177,22 @@ def host_settings(given: Mapping[str, object]) -> HostSettings:
         pass_auth=bool(values["pass_auth"]),
         local_redirects=bool(values["local_redirects"]),
         run_python=bool(values["run_python"]),
+        warm=bool(values["warm"]),
+        preload=_module_names(values["preload"]),
     )
+
+
+def _module_names(value: object) -> tuple[str, ...]:
+    """``preload``: module names, from a list whose entries may hold several (a,b)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"preload must be a list of module names, not {value!r}")
+    names: list[str] = []
+    for entry in value:
+        if not isinstance(entry, str):
+            raise TypeError(f"preload must be a list of module names, not {value!r}")
+        for name in (part.strip() for part in entry.split(",")):
+            if name and not all(p.isidentifier() for p in name.split(".")):
+                raise ValueError(f"preload: not a module name: {name!r}")
+            if name and name not in names:
+                names.append(name)
+    return tuple(names)

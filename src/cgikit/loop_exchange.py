@@ -156,6 +156,7 @@ class LoopExchange:
                 self._script_log(),
                 name,
                 (settings.timeout, settings.idle_timeout, 2.0),
+                launch.warm,
             )
         except OSError as exc:  # logged by the task
             self.log(f"{request.uri}: {name}: cannot start: {exc.strerror}")

@@ -28,7 +28,7 @@ import signal
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["Child", "available", "prepare", "spawn"]
+__all__ = ["Child", "available", "close_ends", "pipes", "prepare", "spawn"]
 
 _STRUCT_SIZE: Final = 1024  # room for glibc's posix_spawn_file_actions_t / attr_t (<400)
 _SETSIGDEF: Final = 0x04  # POSIX_SPAWN_SETSIGDEF
@@ -135,23 +135,36 @@ def spawn(
     path = os.fsencode(argv[0])
     args = [os.fsencode(a) for a in argv]
     envp = [k + b"=" + v for k, v in env.items()]
-    # stdin r/w, stdout r/w, stderr r/w; none of them 0-2, or a dup2 would clobber one.
-    # The parent's ends come non-blocking (for the event loop), the script's blocking.
+    parents, children = pipes(null_stdin=null_stdin)
+    try:
+        pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), *children)
+    except BaseException:
+        close_ends(parents + children)
+        raise
+    close_ends(children)
+    return Child(pid, *parents)
+
+
+def pipes(*, null_stdin: bool) -> tuple[tuple[int | None, int, int], tuple[int, int, int]]:
+    """A script's three pipes: the parent's ends (stdin's None with ``null_stdin``), then
+    the script's (for its 0, 1 and 2; the shared /dev/null for stdin with ``null_stdin``).
+
+    The parent's ends are non-blocking (for the event loop), the script's blocking; all
+    close-on-exec and none of them 0-2, or a dup2 onto 0-2 would clobber one.
+    """
     ins = (_devnull(), -1) if null_stdin else _pipe(child_reads=True)
     ends: tuple[int, ...] = (*ins, *_pipe(child_reads=False), *_pipe(child_reads=False))
     if min(fd for fd in ends if fd >= 0) < 3:
         ends = tuple(_above_stdio(fd) for fd in ends)
-    mine = [fd for fd in (ends[0], ends[3], ends[5]) if fd != _null_fd]  # the child's
-    try:
-        pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), ends[0], ends[3], ends[5])
-    except BaseException:
-        for fd in ends:
-            if fd not in (-1, _null_fd):
-                os.close(fd)
-        raise
-    for fd in mine:
-        os.close(fd)
-    return Child(pid, None if null_stdin else ends[1], ends[2], ends[4])
+    stdin = None if null_stdin else ends[1]
+    return (stdin, ends[2], ends[4]), (ends[0], ends[3], ends[5])
+
+
+def close_ends(fds: Sequence[int | None]) -> None:
+    """Close the pipe ends of ``pipes`` that are this call's (not the shared /dev/null)."""
+    for fd in fds:
+        if fd is not None and fd not in (-1, _null_fd):
+            os.close(fd)
 
 
 _null_fd = -1

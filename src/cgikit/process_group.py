@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Final, Protocol
 
 from cgikit import posix_spawn
+from cgikit.warm_spawn import WarmSpawner
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 
@@ -36,8 +37,17 @@ _live: set[ProcessGroup] = set()  # groups not yet gone, for kill_all
 _live_lock = threading.Lock()
 
 
-def spawn(argv: Sequence[bytes | str], env: dict[bytes, bytes], cwd: str) -> Spawned:
+def spawn(
+    argv: Sequence[bytes | str],
+    env: dict[bytes, bytes],
+    cwd: str,
+    warm: WarmSpawner | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> Spawned:
     """Start the script in ``cwd`` with exactly ``env``, its three pipes non-inherited.
+
+    ``warm``: a Python script is forked by warm mode's zygote if it can be
+    (``warm_spawn``; ``log`` takes its messages), else started as below.
 
     libc's posix_spawn where it can do all of it (``posix_spawn.available``): a ctypes
     call that lets go of the GIL, where ``Popen`` holds it through the whole vfork on
@@ -46,8 +56,13 @@ def spawn(argv: Sequence[bytes | str], env: dict[bytes, bytes], cwd: str) -> Spa
     Raises:
         OSError: the script cannot be started (not found, not executable).
     """
+    args = [os.fsdecode(a) for a in argv]
+    if warm is not None:
+        child = warm.spawn(args, env, cwd, null_stdin=False, log=log)
+        if child is not None:
+            return _Spawned(child)
     if posix_spawn.available():
-        return _Spawned(posix_spawn.spawn([os.fsdecode(a) for a in argv], env, cwd))
+        return _Spawned(posix_spawn.spawn(args, env, cwd))
     return subprocess.Popen(
         argv,
         bufsize=0,

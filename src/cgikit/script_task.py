@@ -41,6 +41,7 @@ from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptO
 from cgikit.event_loop import READ, WRITE, Loop
 from cgikit.process_group import Process, ProcessGroup, spawn
 from cgikit.stderr_log import StderrLog
+from cgikit.warm_spawn import WarmSpawner
 
 __all__ = ["ScriptOwner", "ScriptTask"]
 
@@ -80,11 +81,12 @@ class ScriptTask:
         log: Callable[[str], None],
         name: str,
         limits: tuple[float, float, float],
+        warm: WarmSpawner | None = None,
     ) -> None:
         self._loop, self._parser, self.owner, self._log, self.name = loop, parser, owner, log, name
         self._timeout, self._idle, self._grace = limits
         try:
-            proc, fds = _start(*launch, no_input=not body)
+            proc, fds = _start(*launch, no_input=not body, warm=warm, log=log)
         except OSError as exc:
             log(f"{name}: cannot start: {exc}")
             raise
@@ -382,13 +384,23 @@ class ScriptTask:
 
 
 def _start(
-    argv: Sequence[str], env: dict[bytes, bytes], cwd: str, no_input: bool
+    argv: Sequence[str],
+    env: dict[bytes, bytes],
+    cwd: str,
+    no_input: bool,
+    warm: WarmSpawner | None,
+    log: Callable[[str], None],
 ) -> tuple[Process, tuple[int | None, int, int]]:
-    """Spawn the script: posix_spawn where libc can, else Popen (same contract).
+    """Spawn the script: forked by warm mode's zygote if ``warm`` can, else posix_spawn
+    where libc can, else Popen (same contract).
 
     ``no_input``: the request has no body, so stdin is /dev/null, not a pipe: the
     script reads EOF at once either way, for one pipe and three calls less.
     """
+    if warm is not None:
+        forked = warm.spawn(argv, env, cwd, null_stdin=no_input, log=log)
+        if forked is not None:
+            return forked, (forked.stdin, forked.stdout, forked.stderr)
     if posix_spawn.available():
         child = posix_spawn.spawn(argv, env, cwd, null_stdin=no_input)
         return child, (child.stdin, child.stdout, child.stderr)

@@ -18,7 +18,18 @@ def test_defaults() -> None:
         "pass_auth": False,
         "local_redirects": True,
         "run_python": False,
+        "warm": False,
+        "preload": (),
     }
+
+
+def test_preload_takes_repeated_and_comma_separated_names() -> None:
+    settings = host_settings({"preload": ["flask, jinja2", "json", "flask", "xml.dom"]})
+    assert settings.preload == ("flask", "jinja2", "json", "xml.dom")
+    with pytest.raises(ValueError, match="not a module name"):
+        host_settings({"preload": ["os; rm"]})
+    with pytest.raises(TypeError):
+        host_settings({"preload": "flask"})
 
 
 def test_every_option_has_a_distinct_cgikit_variable_and_help() -> None:

@@ -1,0 +1,368 @@
+"""Warm mode's spawner: a Python script forked from a warm parent, not exec'd (issue 5).
+
+``WarmSpawner.spawn`` is tried before the cold spawn (``posix_spawn`` / Popen) when a
+host runs with ``warm``. For a script ``warm_plan`` accepts, it asks the script's
+zygote (``warm_zygote``, one per interpreter command, started on first use with the
+server's allow-listed environment) to fork a child onto the request's pipes, and
+returns a ``WarmChild``: what ``ProcessGroup``, ``cgi_runner`` and ``script_task``
+already drive (pid = process group, non-blocking pipe ends). Anything that keeps a
+script from running warm gives ``None``, and the caller runs it cold, so no request is
+lost to warm mode: a zygote still starting or importing a script's preloads, a script
+that does not compile, a preload that fails (both logged once per version of the
+script), a zygote that has died (logged; a new one is started, at most once every
+``RESTART_DELAY`` seconds for an interpreter whose zygote keeps dying young).
+
+The child is the zygote's, not ours: its exit is seen through a pidfd (readable once
+it has exited, whoever its parent), and its status is the one the zygote reports when
+it reaps it. Linux only (``available()``); elsewhere every script runs cold.
+
+Zygotes belong to the process that started them: a forked worker starts its own.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from cgikit import posix_spawn
+from cgikit.warm_plan import HEAD_BYTES, Cold, WarmPlan, plan
+
+__all__ = ["WarmChild", "WarmSpawner", "available", "close_all", "spawner"]
+
+ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_zygote.py")
+REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for dead
+RESTART_DELAY: Final = 5.0
+_MAX_MESSAGE: Final = 1 << 20
+Log = Callable[[str], None]
+
+
+def available() -> bool:
+    """Whether warm mode can work here: Linux's pidfds and /proc."""
+    return hasattr(os, "pidfd_open") and os.path.isdir("/proc/self")
+
+
+class WarmChild(posix_spawn.Child):
+    """A script forked by a zygote (module docstring): ``poll`` and ``wait`` as Popen's."""
+
+    __slots__ = ("_pidfd", "_zygote")
+
+    def __init__(self, pid: int, ends: tuple[int | None, int, int], zygote: Zygote) -> None:
+        super().__init__(pid, *ends)
+        self._zygote = zygote
+        self._pidfd = os.pidfd_open(pid)  # opens for a child reaped already: then EBADF-free
+
+    def poll(self) -> int | None:
+        if self.returncode is None and _readable(self._pidfd, 0.0):
+            self._collect()
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            _readable(self._pidfd, None)
+            self._collect()
+        return self.returncode
+
+    def _collect(self) -> None:
+        with _collect_lock:  # the loop and a reaper thread may both ask
+            if self.returncode is None:
+                self.returncode = self._zygote.exit_code(self.pid)
+                os.close(self._pidfd)
+                self._pidfd = -1
+
+
+_collect_lock = threading.Lock()
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+class Zygote:
+    """One running ``warm_zygote`` and the worker's end of its socket.
+
+    Its messages are read under ``_lock`` by whoever needs one: ``exit`` reports are
+    filed in ``_statuses``, ``ready``/``fail`` set the state, the rest answer a ``run``.
+    """
+
+    def __init__(self, command: tuple[str, ...], preload: Sequence[str], env: dict[str, str]):
+        self.command = command
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
+        try:
+            self.proc = subprocess.Popen(
+                [*command, ZYGOTE_FILE, str(theirs.fileno()), ",".join(preload)],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                cwd="/",
+                start_new_session=True,  # a signal to the server's group is not its
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.started = time.monotonic()
+        self.ready = False
+        self.failure: str | None = None  # the preloads failed: it never runs anything
+        self.failure_logged = False
+        self._lock = threading.Lock()
+        self._statuses: dict[int, int] = {}
+        self._reply: bytes | None = None
+
+    def check(self) -> bool:
+        """Whether it takes a request now (``ready`` read, without waiting).
+
+        Raises:
+            ConnectionError: it has died.
+        """
+        with self._lock:
+            if not self.ready:
+                self._pump(0.0, lambda: self.ready)
+            return self.ready
+
+    def load(self, preload: Sequence[str], timeout: float) -> None:
+        """Import ``preload`` now and wait until ready (``WarmSpawner.prepare``)."""
+        with self._lock:
+            self.ready = False
+            self.sock.send(b"load\0" + ",".join(preload).encode())
+            if not self._pump(timeout, lambda: self.ready):
+                raise TimeoutError("the zygote did not get ready")
+
+    def run(
+        self,
+        path: str,
+        cwd: str,
+        env: dict[bytes, bytes],
+        preload: Sequence[str],
+        fds: tuple[int, int, int],
+    ) -> bytes:
+        """Ask for a child on ``fds``; the reply: ``pid N``, ``busy`` or ``cold why``.
+
+        Raises:
+            ConnectionError, OSError: the zygote is dead or stuck.
+        """
+        fields = [b"run", os.fsencode(path), os.fsencode(cwd), ",".join(preload).encode()]
+        fields += [k + b"=" + v for k, v in env.items()]
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        with self._lock:
+            self._reply = None
+            self.sock.sendmsg([b"\0".join(fields)], rights)
+            if not self._pump(REPLY_TIMEOUT, lambda: self._reply is not None):
+                raise TimeoutError(f"no answer in {REPLY_TIMEOUT:g} s")
+            reply, self._reply = self._reply or b"", None
+        if reply == b"busy":
+            self.ready = False  # ``ready`` follows once the imports are done
+        return reply
+
+    def exit_code(self, pid: int) -> int:
+        """The exit code of its child ``pid``, which has exited (Popen's convention)."""
+        with self._lock:
+            try:
+                self._pump(REPLY_TIMEOUT, lambda: pid in self._statuses)
+            except OSError:
+                pass  # it died: its orphans were re-parented, maybe to us
+            status = self._statuses.pop(pid, None)
+        if status is None:
+            with contextlib.suppress(ChildProcessError):
+                status = os.waitpid(pid, os.WNOHANG)[1] or None
+        return 255 if status is None else os.waitstatus_to_exitcode(status)
+
+    def _pump(self, timeout: float, done: Callable[[], bool]) -> bool:
+        """Read messages until ``done()``, for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            try:
+                message = self.sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not _readable(self.sock.fileno(), left):
+                    return False
+                continue
+            self._file(message)
+        return True
+
+    def _file(self, message: bytes) -> None:
+        if not message:
+            raise ConnectionError("it exited")
+        kind, _, text = message.partition(b"\0")
+        if kind == b"exit":
+            pid, _, status = text.partition(b"\0")
+            self._statuses[int(pid)] = int(status)
+        elif kind == b"ready":
+            self.ready = True
+        elif kind == b"fail":
+            self.failure = text.decode("utf-8", "replace")
+        else:
+            self._reply = message
+
+    def close(self) -> None:
+        """End it (its socket's EOF makes it exit), by its pid if it does not."""
+        self.sock.close()
+        try:
+            self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WarmSpawner:
+    """The zygotes of one process and one host configuration (``preload``, ``env``:
+    the server's allow-listed environment the zygotes start with)."""
+
+    def __init__(self, preload: Sequence[str], env: dict[str, str]) -> None:
+        self._preload, self._env = tuple(preload), env
+        self._zygotes: dict[tuple[str, ...], Zygote] = {}
+        self._retry_at: dict[tuple[str, ...], float] = {}
+        self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold]] = {}
+        self._lock = threading.Lock()
+        self.forks = 0  # scripts run warm, for tests and benchmarks
+
+    def spawn(
+        self, argv: Sequence[str], env: dict[bytes, bytes], cwd: str, *, null_stdin: bool, log: Log
+    ) -> WarmChild | None:
+        """The script forked by its zygote, or None: run it cold (module docstring)."""
+        with self._lock:
+            how = self._plan(argv, log)
+            zygote = self._usable(how.command, log) if isinstance(how, WarmPlan) else None
+            if zygote is None or not isinstance(how, WarmPlan):
+                return None
+            parents, children = posix_spawn.pipes(null_stdin=null_stdin)
+            try:
+                reply = zygote.run(argv[-1], cwd, env, how.preload, children)
+            except OSError as exc:  # ConnectionError, TimeoutError: it is dead or stuck
+                self._drop(zygote, f"stopped answering ({exc}); running the script cold", log)
+                reply = b""
+            finally:
+                posix_spawn.close_ends(children)
+            kind, _, text = reply.partition(b"\0")
+            if kind == b"pid":
+                self.forks += 1
+                return WarmChild(int(text), parents, zygote)
+            posix_spawn.close_ends(parents)
+            if kind == b"cold":
+                why = text.decode("utf-8", "replace")
+                log(f"{argv[-1]}: runs cold: {why}")
+                self._plans[argv[-1]] = (self._plans[argv[-1]][0], Cold(why, mistake=True))
+            return None
+
+    def prepare(self, argv: Sequence[str], log: Log, timeout: float = 30.0) -> bool:
+        """Start the script's zygote with its preloads and wait until it is ready (the
+        first requests are otherwise run cold while it starts); whether it runs warm."""
+        with self._lock:
+            how = self._plan(argv, log)
+            if not isinstance(how, WarmPlan):
+                return False
+            deadline = time.monotonic() + timeout
+            while (zygote := self._usable(how.command, log)) is None:
+                if how.command not in self._zygotes or time.monotonic() > deadline:
+                    return False
+                _readable(self._zygotes[how.command].sock.fileno(), 0.05)
+            try:
+                zygote.load(how.preload, max(0.0, deadline - time.monotonic()))
+            except OSError as exc:
+                self._drop(zygote, f"did not get ready ({exc})", log)
+                return False
+            return zygote.ready
+
+    def _plan(self, argv: Sequence[str], log: Log) -> WarmPlan | Cold:
+        """``warm_plan.plan`` for the script, cached per version of the file."""
+        path = argv[-1]
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return Cold(f"cannot stat it: {exc.strerror}")
+        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
+        cached = self._plans.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEAD_BYTES)
+        except OSError as exc:
+            how: WarmPlan | Cold = Cold(f"cannot read it: {exc.strerror}")
+        else:
+            how = plan(argv, head, sys.executable)
+        if isinstance(how, Cold) and how.mistake:
+            log(f"{path}: runs cold: {how.reason}")
+        self._plans[path] = (key, how)
+        return how
+
+    def _usable(self, command: tuple[str, ...], log: Log) -> Zygote | None:
+        """The command's zygote if it takes a request now; starts one if there is none."""
+        zygote = self._zygotes.get(command)
+        if zygote is None:
+            if time.monotonic() < self._retry_at.get(command, 0.0):
+                return None
+            try:
+                zygote = self._zygotes[command] = Zygote(command, self._preload, self._env)
+            except OSError as exc:
+                log(f"warm mode: cannot start {' '.join(command)}: {exc}")
+                self._retry_at[command] = time.monotonic() + RESTART_DELAY
+                return None
+        try:
+            ready = zygote.check()
+        except ConnectionError as exc:
+            self._drop(zygote, str(exc), log)
+            return None
+        if zygote.failure is not None:  # its preloads failed: every script runs cold
+            if not zygote.failure_logged:
+                zygote.failure_logged = True
+                log(f"warm mode: {' '.join(command)}: {zygote.failure}; scripts run cold")
+            return None
+        return zygote if ready else None
+
+    def _drop(self, zygote: Zygote, why: str, log: Log) -> None:
+        log(f"warm mode: the zygote for {' '.join(zygote.command)} {why}; starting another")
+        self._zygotes.pop(zygote.command, None)
+        if time.monotonic() - zygote.started < RESTART_DELAY:  # it dies young: wait
+            self._retry_at[zygote.command] = time.monotonic() + RESTART_DELAY
+        zygote.proc.kill()  # by its pid: it is our child
+        zygote.close()
+
+    def close(self) -> None:
+        """Stop every zygote (scripts already forked run on)."""
+        with self._lock:
+            zygotes, self._zygotes = list(self._zygotes.values()), {}
+        for zygote in zygotes:
+            zygote.close()
+
+
+_spawners: dict[tuple[object, ...], WarmSpawner] = {}
+_owner = 0  # the process the spawners belong to
+_spawners_lock = threading.Lock()
+
+
+def spawner(preload: Sequence[str], env: dict[str, str]) -> WarmSpawner:
+    """This process's spawner for a host configuration (one per process: a forked
+    worker gets its own zygotes, not its parent's)."""
+    global _owner
+    key = (tuple(preload), tuple(sorted(env.items())))
+    with _spawners_lock:
+        if _owner != os.getpid():
+            _spawners.clear()  # the parent's: their sockets are the parent's business
+            _owner = os.getpid()
+        found = _spawners.get(key)
+        if found is None:
+            found = _spawners[key] = WarmSpawner(preload, env)
+        return found
+
+
+def close_all() -> None:
+    """Stop this process's zygotes (a server that stops; tests)."""
+    with _spawners_lock:
+        spawners = list(_spawners.values()) if _owner == os.getpid() else []
+        _spawners.clear()
+    for each in spawners:
+        each.close()

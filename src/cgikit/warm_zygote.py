@@ -1,0 +1,272 @@
+"""The warm parent ("zygote") of warm mode: a program, run by a script's own interpreter.
+
+``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD`` with the
+server's allow-listed environment. It imports the PRELOAD modules (comma-separated),
+tells its worker ``ready`` over the SOCK_SEQPACKET socket FD, then for each request
+forks a child that runs the script as ``__main__`` with exactly the CGI contract of a
+cold run: a new session (its own process group), fd 0/1/2 the request's pipes and no
+other descriptor, the request's environment and nothing else, the script's directory
+as working directory and first ``sys.path`` entry, ``sys.argv`` = [script]. The child
+ends as an interpreter would: ``SystemExit``'s code, a traceback and status 1 for an
+uncaught exception, non-daemon threads joined, atexit handlers run, stdout flushed
+(status 120 if that fails). Then ``os._exit``: the rest of a full finalization would
+touch, and so copy, every page shared with the zygote.
+
+What a cold run would do and the zygote does not: start a new interpreter (so its
+hash seed is the zygote's; ``random`` is reseeded at the fork by its own at-fork hook),
+and re-import the preloaded modules (their import-time side effects happened once).
+
+The zygote has no threads and holds no descriptor but 0-2 (/dev/null) and its socket:
+no server socket or other request's pipe can reach a child, which closes everything
+above 2 anyway. It reaps its children on SIGCHLD (the handler runs between bytecodes,
+so even while a preload is importing) and tells the worker each one's wait status.
+
+Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs it):
+  worker -> zygote  ``run`` path cwd preload k=v... (+3 descriptors),
+                    ``load`` modules (import them, then ``ready``)
+  zygote -> worker  ``ready`` | ``fail`` reason (after the preloads, and after ``busy``)
+                    ``pid`` N | ``busy`` (importing a script's preloads; run it cold)
+                    | ``cold`` reason (the script cannot run warm: it does not compile,
+                    a preload of it failed)
+                    ``exit`` pid status (at any time: a child was reaped)
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import gc
+import os
+import signal
+import socket
+import sys
+import types
+from importlib.machinery import SourceFileLoader
+
+MAX_MESSAGE = 1 << 20
+# Whether this interpreter gives ``__main__`` an ``__annotations__`` dict before the
+# script runs (3.11-3.13 do): looked at in our own ``__main__``, before any import.
+_ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
+
+
+def main() -> None:
+    del sys.path[0]  # this file's directory (cgikit's package) is nothing to scripts
+    orig = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
+    command = orig[: len(orig) - len(sys.argv)]  # the interpreter and its flags
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    failures: dict[str, str] = {}
+    _import_all([m for m in sys.argv[2].split(",") if m], failures)
+    sock.send(b"fail\0" + _why(failures) if failures else b"ready")
+    zygote = Zygote(sock, command, failures)
+    signal.signal(signal.SIGCHLD, zygote.reap)
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+        except ConnectionError:
+            return
+        if not message:
+            return  # the worker is gone
+        zygote.handle(message.split(b"\0"), fds)
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket, command: list[str], failures: dict[str, str]) -> None:
+        self.sock, self.command, self.failures = sock, command, failures
+        self.codes: dict[
+            str, tuple[tuple[int, ...], types.CodeType]
+        ] = {}  # path -> (stat key, code object)
+
+    def reap(self, signum: int = 0, frame: object = None) -> None:
+        """SIGCHLD: reap the children that have exited and tell the worker how."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            try:
+                self.sock.send(b"exit\0%d\0%d" % (pid, status))
+            except OSError:
+                pass  # the worker is gone; the main loop sees it
+
+    def handle(self, fields: list[bytes], fds: list[int]) -> None:
+        kind = fields[0]
+        if kind == b"load":  # import these now (the worker waits for ``ready``)
+            _import_all([m for m in fields[1].decode().split(",") if m], self.failures)
+            self.sock.send(b"ready")
+            return
+        if kind != b"run" or len(fds) != 3 or len(fields) < 4:
+            _close(fds)
+            self.sock.send(b"cold\0malformed request to the zygote")
+            return
+        try:
+            self.run(fields, fds)
+        finally:
+            _close(fds)
+
+    def run(self, fields: list[bytes], fds: list[int]) -> None:
+        path, cwd = os.fsdecode(fields[1]), os.fsdecode(fields[2])
+        preload = [m for m in fields[3].decode().split(",") if m]
+        try:
+            code = self.compiled(path)
+        except (OSError, SyntaxError, ValueError) as exc:
+            self.sock.send(b"cold\0" + _text(f"it does not compile: {exc}"))
+            return
+        missing = [m for m in preload if m not in sys.modules and m not in self.failures]
+        if missing:
+            self.sock.send(b"busy")
+            _import_all(missing, self.failures)
+            self.sock.send(b"ready")
+            return
+        failed = {m: self.failures[m] for m in preload if m in self.failures}
+        if failed:
+            self.sock.send(b"cold\0" + _why(failed))
+            return
+        pid = _fork(code, path, cwd, fields[4:], fds, self.command)
+        self.sock.send(b"pid\0%d" % pid)
+
+    def compiled(self, path: str) -> types.CodeType:
+        """The script's code, compiled once per version of the file."""
+        info = os.stat(path)
+        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
+        cached = self.codes.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with open(path, "rb") as f:
+            source = f.read()
+        code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
+        self.codes[path] = (key, code)
+        return code
+
+
+def _import_all(names: list[str], failures: dict[str, str]) -> None:
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException as exc:
+            failures[name] = f"{type(exc).__name__}: {exc}"
+
+
+def _why(failures: dict[str, str]) -> bytes:
+    return _text("; ".join(f"preload {m} failed: {why}" for m, why in failures.items()))
+
+
+def _text(text: str) -> bytes:
+    return text.replace("\0", " ").encode("utf-8", "replace")
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _fork(
+    code: types.CodeType, path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]
+) -> int:
+    if hasattr(gc, "freeze"):
+        gc.freeze()  # what the zygote has is not the child's to scan (fewer pages copied)
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 127
+    try:
+        _enter(path, cwd, env, fds, command)
+        status = _run(code, path)
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    os._exit(status)
+
+
+def _enter(path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
+    """Become the script's process: what ``posix_spawn`` and the interpreter's start
+    would have set up for a cold run."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote's, not the script's
+    os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    os.chdir(cwd)
+    # os.environ and os.environb share one dict of bytes; filled directly, not through
+    # their MutableMapping methods: every line of Python run here copies pages.
+    data = os.environ._data  # type: ignore[attr-defined]
+    for name in data:
+        os.unsetenv(name)
+    data.clear()
+    for entry in env:
+        name, _, value = entry.partition(b"=")
+        os.putenv(name, value)
+        data[name] = value
+    sys.argv[:] = [path]
+    if hasattr(sys, "orig_argv"):
+        sys.orig_argv[:] = [*command, path]
+    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+
+
+def _run(code: types.CodeType, path: str) -> int:
+    """Run the script as ``__main__``; its exit status, after the interpreter's exit."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __builtins__=builtins,
+        __loader__=SourceFileLoader("__main__", path),
+    )
+    if _ANNOTATIONS:
+        main.__annotations__ = {}
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except BaseException as exc:  # the interpreter's way: a traceback, then status 1
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        status = 1
+        if isinstance(exc, KeyboardInterrupt):
+            status = 130
+    return _finish(status, main)
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _finish(status: int, main: types.ModuleType) -> int:
+    """The interpreter's exit, less the parts that cannot be seen from outside."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # non-daemon threads are joined, as at a real exit
+    atexit._run_exitfuncs()
+    main.__dict__.clear()  # the script's objects go: files it left open are flushed
+    try:
+        sys.stdout.flush()
+    except Exception:
+        status = status or 120
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    return status
+
+
+if __name__ == "__main__":
+    main()

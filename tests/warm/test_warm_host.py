@@ -1,0 +1,336 @@
+"""Warm mode through ``CGIHost`` (the threaded runner): every Python script gives the same
+response warm as cold, runs isolated, and a fault costs only its own request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cgikit import warm_spawn
+from cgikit.cgi_host import CGIHost
+from host.hostkit import FAST, call, write_script
+
+PY = sys.executable
+pytestmark = pytest.mark.skipif(not warm_spawn.available(), reason="warm mode is Linux-only")
+
+# name: script text (after a #! line for this interpreter). Each runs cold and warm.
+SCRIPTS = {
+    "env.py": """\
+        import json, os, sys
+        body = sys.stdin.buffer.read().decode("latin-1")
+        print("Content-Type: application/json\\n")
+        print(json.dumps({
+            "env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv,
+            "path0": sys.path[0], "file": __file__, "name": __name__, "body": body,
+            "enc": [sys.stdout.encoding, sys.stdin.encoding, sys.stderr.encoding],
+            "buffered": [sys.stdout.line_buffering, sys.stderr.line_buffering],
+            "umask": os.umask(0), "sigpipe": str(__import__("signal").getsignal(13)),
+            "main": sorted(k for k in globals() if not k.startswith("__")),
+            "dunder": sorted(k for k in globals() if k.startswith("__")),
+            "package": __package__, "spec": repr(__spec__),
+        }, sort_keys=True))
+        """,
+    "status.py": 'print("Status: 404 Not Here\\nContent-Type: text/plain\\n\\nmissing")',
+    "redirect.py": 'print("Location: http://example.com/elsewhere\\n")',
+    "raises_before.py": """\
+        def inner():
+            raise ValueError("boom before")
+        inner()
+        """,
+    "raises_after.py": """\
+        import sys
+        print("Content-Type: text/plain\\n\\npartial", flush=True)
+        raise RuntimeError("boom after")
+        """,
+    "exit_code.py": 'import sys\nprint("Content-Type: text/plain\\n\\nbye")\nsys.exit(3)',
+    "exit_message.py": 'import sys\nprint("Content-Type: text/plain\\n\\nbye")\nsys.exit("why")',
+    "big.py": """\
+        import sys
+        sys.stdout.write("Content-Type: application/octet-stream\\n\\n")
+        sys.stdout.flush()
+        for i in range(256):
+            sys.stdout.buffer.write(bytes([i % 256]) * 4096)
+        """,
+    "writes_first.py": """\
+        import sys
+        out = sys.stdout.buffer
+        out.write(b"Content-Type: text/plain\\n\\n" + b"x" * 200_000)
+        out.flush()
+        data = sys.stdin.buffer.read()
+        out.write(b"\\nread %d\\n" % len(data))
+        """,
+    "at_exit.py": """\
+        import atexit
+        atexit.register(lambda: print("from atexit"))
+        print("Content-Type: text/plain\\n\\nbody")
+        """,
+    "thread.py": """\
+        import threading, time
+        print("Content-Type: text/plain\\n", flush=True)
+        def late():
+            time.sleep(0.1)
+            print("from a thread")
+        threading.Thread(target=late).start()
+        """,
+    "unicode.py": 'print("Content-Type: text/plain; charset=utf-8\\n\\nh\\u00e9llo \\u2603")',
+    "left_open.py": """\
+        import os
+        f = open(os.environ["QUERY_STRING"], "w")
+        f.write("written, never closed")
+        print("Content-Type: text/plain\\n\\nok")
+        """,
+}
+
+
+@pytest.fixture
+def cgi(tmp_path: Path) -> Path:
+    root = tmp_path / "cgi"
+    for name, text in SCRIPTS.items():
+        write_script(root, name, PY, text)
+    return root
+
+
+@pytest.fixture
+def hosts(cgi: Path) -> Iterator[tuple[CGIHost, CGIHost]]:
+    """A cold host and a warm one on the same directory, the warm one's zygote ready."""
+    cold, warm = CGIHost(cgi, **FAST), CGIHost(cgi, warm=True, **FAST)
+    spawner = warm.warm_spawner()
+    assert spawner is not None
+    assert spawner.prepare([str(cgi / "env.py")], print)
+    yield cold, warm
+    warm_spawn.close_all()
+
+
+def _warm_count(host: CGIHost) -> int:
+    spawner = host.warm_spawner()
+    return spawner.forks if spawner is not None else 0
+
+
+@pytest.mark.parametrize("name", sorted(set(SCRIPTS) - {"left_open.py"}))
+def test_same_response_warm_and_cold(hosts: tuple[CGIHost, CGIHost], name: str) -> None:
+    cold_host, warm_host = hosts
+    body = b"q=1&" + b"z" * 1_000_000 if name == "writes_first.py" else b"a=1"
+    forks = _warm_count(warm_host)
+    cold = call(cold_host, f"/{name}", "POST", body, CONTENT_LENGTH=str(len(body)))
+    warm = call(warm_host, f"/{name}", "POST", body, CONTENT_LENGTH=str(len(body)))
+    assert _warm_count(warm_host) == forks + 1  # it did run warm
+    assert (warm.status, warm.headers) == (cold.status, cold.headers)
+    assert warm.body == cold.body
+    # The log too: the same traceback, stderr lines and exit status, line for line.
+    assert warm.log == cold.log
+
+
+def test_the_environment_is_exactly_the_requests(
+    hosts: tuple[CGIHost, CGIHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CGIKIT_TEST_SECRET", "server-only")
+    cold_host, warm_host = hosts
+    warm = call(warm_host, "/env.py?x=1", HTTP_X_THING="t").json()
+    cold = call(cold_host, "/env.py?x=1", HTTP_X_THING="t").json()
+    assert warm == cold
+    assert "CGIKIT_TEST_SECRET" not in warm["env"]
+    assert warm["env"]["HTTP_X_THING"] == "t" and warm["env"]["QUERY_STRING"] == "x=1"
+
+
+def test_files_the_script_left_open_are_flushed(
+    hosts: tuple[CGIHost, CGIHost], tmp_path: Path
+) -> None:
+    target = tmp_path / "out.txt"
+    result = call(hosts[1], f"/left_open.py?{target}")
+    assert result.body == b"ok\n"
+    assert target.read_text() == "written, never closed"
+
+
+# -- isolation ------------------------------------------------------------------------
+
+ISOLATION = {
+    "state.py": """\
+        # cgikit-preload: json, random
+        import json, os, random
+        json.cgikit_counter = getattr(json, "cgikit_counter", 0) + 1
+        fds = []
+        for fd in range(3, 1024):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue
+            fds.append(fd)
+        print("Content-Type: application/json\\n")
+        print(json.dumps({
+            "counter": json.cgikit_counter, "random": random.random(), "fds": fds,
+            "ppid": os.getppid(), "pid": os.getpid(), "pgid": os.getpgid(0),
+            "sid": os.getsid(0),
+        }))
+        """,
+    "optout.py": "# cgikit-warm: no\nimport os\nprint('Content-Type: text/plain\\n')\n"
+    "print(os.getppid())",
+}
+
+
+@pytest.fixture
+def warm_host(tmp_path: Path) -> Iterator[CGIHost]:
+    root = tmp_path / "cgi"
+    for name, text in ISOLATION.items():
+        write_script(root, name, PY, text)
+    write_script(root, "shell.sh", "/bin/sh", "printf 'Content-Type: text/plain\\n\\n%s' $PPID")
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None and spawner.prepare([str(root / "state.py")], print)
+    yield host
+    warm_spawn.close_all()
+
+
+def test_each_request_gets_fresh_state_and_a_fresh_random_stream(warm_host: CGIHost) -> None:
+    runs = [call(warm_host, "/state.py").json() for _ in range(4)]
+    zygote = runs[0]["ppid"]
+    assert zygote != os.getpid() and "warm_zygote" in Path(f"/proc/{zygote}/cmdline").read_text()
+    assert [r["ppid"] for r in runs] == [zygote] * 4  # all forked warm, by one zygote
+    assert [r["counter"] for r in runs] == [1, 1, 1, 1]  # a preloaded module, mutated
+    assert len({r["random"] for r in runs}) == 4
+    for r in runs:  # its own session and group; no descriptor but 0-2
+        assert r["pgid"] == r["sid"] == r["pid"]
+        assert r["fds"] == []
+
+
+def test_the_zygote_has_no_threads_and_no_descriptor_but_its_socket(warm_host: CGIHost) -> None:
+    zygote = call(warm_host, "/state.py").json()["ppid"]
+    assert os.listdir(f"/proc/{zygote}/task") == [str(zygote)]
+    fds = {
+        int(fd): os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")
+    }
+    assert {fd for fd in fds if fd > 2} == {fd for fd in fds if fds[fd].startswith("socket:")}
+    assert len([fd for fd in fds if fd > 2]) == 1
+    assert all(fds[fd] == "/dev/null" for fd in (0, 1))
+
+
+def test_scripts_that_opt_out_and_other_languages_run_cold(warm_host: CGIHost) -> None:
+    forks = _warm_count(warm_host)
+    assert call(warm_host, "/optout.py").body.strip() == str(os.getpid()).encode()
+    assert call(warm_host, "/shell.sh").body.strip() == str(os.getpid()).encode()
+    assert _warm_count(warm_host) == forks
+
+
+# -- faults ---------------------------------------------------------------------------
+
+
+def test_a_hanging_script_is_killed_and_the_zygote_serves_on(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    write_script(root, "hang.py", PY, "import time\ntime.sleep(30)")
+    write_script(root, "ok.py", PY, "print('Content-Type: text/plain\\n\\nok')")
+    host = CGIHost(root, warm=True, timeout=1.0, idle_timeout=10.0)
+    try:
+        assert host.warm_spawner().prepare([str(root / "ok.py")], print)  # type: ignore[union-attr]
+        started = time.monotonic()
+        result = call(host, "/hang.py")
+        assert result.code == 504 and time.monotonic() - started < 5
+        assert "hang.py: still running after 1 s (timeout); killing its process group" in result.log
+        assert call(host, "/ok.py").body == b"ok\n"
+        assert _warm_count(host) == 2
+    finally:
+        warm_spawn.close_all()
+
+
+def test_a_script_that_exhausts_memory_costs_only_its_request(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    write_script(
+        root,
+        "hog.py",
+        PY,
+        """\
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        hog = [bytearray(1 << 20) for _ in range(4096)]
+        """,
+    )
+    write_script(root, "ok.py", PY, "print('Content-Type: text/plain\\n\\nok')")
+    host = CGIHost(root, warm=True, **FAST)
+    try:
+        assert host.warm_spawner().prepare([str(root / "ok.py")], print)  # type: ignore[union-attr]
+        result = call(host, "/hog.py")
+        assert result.code == 502 and "MemoryError" in result.log
+        assert call(host, "/ok.py").body == b"ok\n"
+        assert _warm_count(host) == 2
+    finally:
+        warm_spawn.close_all()
+
+
+def test_a_dead_zygote_costs_no_request_and_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warm_spawn, "RESTART_DELAY", 0.0)
+    root = tmp_path / "cgi"
+    write_script(
+        root, "who.py", PY, "import os\nprint('Content-Type: text/plain\\n')\nprint(os.getppid())"
+    )
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "who.py")], print)
+        first = int(call(host, "/who.py").body)
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.2)
+        met = call(host, "/who.py")  # meets the dead zygote: served cold
+        assert met.code == 200 and int(met.body) == os.getpid()
+        assert "warm mode: the zygote for" in met.log and "starting another" in met.log
+        assert spawner.prepare([str(root / "who.py")], print)
+        second = int(call(host, "/who.py").body)
+        assert second not in (first, os.getpid())
+    finally:
+        warm_spawn.close_all()
+
+
+def test_scripts_and_preloads_that_cannot_be_imported_run_cold(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    write_script(root, "broken.py", PY, "print('Content-Type: text/plain\\n')\ndef (:\n")
+    write_script(
+        root,
+        "needs.py",
+        PY,
+        "# cgikit-preload: cgikit_no_such_module\nimport os\n"
+        "print('Content-Type: text/plain\\n')\nprint(os.getppid())",
+    )
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "needs.py")], print)
+        broken = call(host, "/broken.py")
+        assert broken.code == 502
+        assert "broken.py: runs cold: it does not compile" in broken.log
+        assert "SyntaxError" in broken.log  # the cold run's own traceback
+        needs = call(host, "/needs.py")
+        assert needs.code == 200 and int(needs.body) == os.getpid()
+        assert "preload cgikit_no_such_module failed: ModuleNotFoundError" in needs.log
+        assert spawner.forks == 0
+    finally:
+        warm_spawn.close_all()
+
+
+def test_a_failing_global_preload_runs_everything_cold_with_one_log_line(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    write_script(
+        root, "who.py", PY, "import os\nprint('Content-Type: text/plain\\n')\nprint(os.getppid())"
+    )
+    host = CGIHost(root, warm=True, preload=["cgikit_missing_preload"], **FAST)
+    try:
+        logs = []
+        for _ in range(30):
+            result = call(host, "/who.py")
+            assert result.code == 200 and int(result.body) == os.getpid()
+            logs.append(result.log)
+            if any("cgikit_missing_preload" in log for log in logs):
+                break
+            time.sleep(0.1)
+        text = "".join(logs)
+        assert text.count("preload cgikit_missing_preload failed: ModuleNotFoundError") == 1
+        assert "scripts run cold" in text
+        assert call(host, "/who.py").log == ""  # said once
+    finally:
+        warm_spawn.close_all()
