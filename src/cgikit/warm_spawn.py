@@ -137,7 +137,7 @@ class Zygote:
         with self._lock:
             self.ready = False
             self.sock.send(b"load\0" + ",".join(preload).encode())
-            if not self._pump(timeout, lambda: self.ready):
+            if not self._pump(timeout, lambda: self.ready or self.failure is not None):
                 raise TimeoutError("the zygote did not get ready")
 
     def run(

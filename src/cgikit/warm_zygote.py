@@ -55,7 +55,10 @@ def main() -> None:
     command = orig[: len(orig) - len(sys.argv)]  # the interpreter and its flags
     sock = socket.socket(fileno=int(sys.argv[1]))
     failures: dict[str, str] = {}
-    _import_all([m for m in sys.argv[2].split(",") if m], failures)
+    try:
+        _import_all([m for m in sys.argv[2].split(",") if m], failures)
+    except Tainted as exc:
+        failures[""] = str(exc)
     sock.send(b"fail\0" + _why(failures) if failures else b"ready")
     zygote = Zygote(sock, command, failures)
     signal.signal(signal.SIGCHLD, zygote.reap)
@@ -93,8 +96,7 @@ class Zygote:
     def handle(self, fields: list[bytes], fds: list[int]) -> None:
         kind = fields[0]
         if kind == b"load":  # import these now (the worker waits for ``ready``)
-            _import_all([m for m in fields[1].decode().split(",") if m], self.failures)
-            self.sock.send(b"ready")
+            self.load([m for m in fields[1].decode().split(",") if m])
             return
         if kind != b"run" or len(fds) != 3 or len(fields) < 4:
             _close(fds)
@@ -116,8 +118,7 @@ class Zygote:
         missing = [m for m in preload if m not in sys.modules and m not in self.failures]
         if missing:
             self.sock.send(b"busy")
-            _import_all(missing, self.failures)
-            self.sock.send(b"ready")
+            self.load(missing)
             return
         failed = {m: self.failures[m] for m in preload if m in self.failures}
         if failed:
@@ -125,6 +126,15 @@ class Zygote:
             return
         pid = _fork(code, path, cwd, fields[4:], fds, self.command)
         self.sock.send(b"pid\0%d" % pid)
+
+    def load(self, names: list[str]) -> None:
+        """Import ``names``, then say ``ready``, or ``fail`` if one started a thread."""
+        try:
+            _import_all(names, self.failures)
+        except Tainted as exc:
+            self.sock.send(b"fail\0" + _text(str(exc)))
+            return
+        self.sock.send(b"ready")
 
     def compiled(self, path: str) -> types.CodeType:
         """The script's code, compiled once per version of the file."""
@@ -144,12 +154,23 @@ def _import_all(names: list[str], failures: dict[str, str]) -> None:
     for name in names:
         try:
             __import__(name)
-        except BaseException as exc:
+        except BaseException as exc:  # any failure makes the scripts that need it cold
             failures[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if len(os.listdir("/proc/self/task")) > 1:
+            # A fork copies only the forking thread: a lock another thread held would
+            # stay locked for ever in every child. Such a zygote forks nothing more.
+            raise Tainted(f"preload {name} started a thread (forking would be unsafe)")
+
+
+class Tainted(Exception):
+    """The zygote may not fork any more (``fail``, then it only answers ``cold``)."""
 
 
 def _why(failures: dict[str, str]) -> bytes:
-    return _text("; ".join(f"preload {m} failed: {why}" for m, why in failures.items()))
+    return _text(
+        "; ".join(f"preload {m} failed: {why}" if m else why for m, why in failures.items())
+    )
 
 
 def _text(text: str) -> bytes:

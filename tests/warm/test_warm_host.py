@@ -334,3 +334,34 @@ def test_a_failing_global_preload_runs_everything_cold_with_one_log_line(tmp_pat
         assert call(host, "/who.py").log == ""  # said once
     finally:
         warm_spawn.close_all()
+
+
+def test_a_preload_that_starts_a_thread_stops_the_zygote_forking(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "cgikit_threaded.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+    )
+    root = tmp_path / "cgi"
+    write_script(
+        root, "ok.py", PY, "import os\nprint('Content-Type: text/plain\\n')\nprint(os.getppid())"
+    )
+    write_script(
+        root,
+        "threads.py",
+        PY,
+        "# cgikit-preload: cgikit_threaded\nprint('Content-Type: text/plain\\n')",
+    )
+    host = CGIHost(root, warm=True, env={"PYTHONPATH": str(lib)}, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "ok.py")], print)
+        assert int(call(host, "/ok.py").body) != os.getpid()  # warm so far
+        assert not spawner.prepare([str(root / "threads.py")], print)
+        result = call(host, "/ok.py")
+        assert int(result.body) == os.getpid()  # cold from now on, and said so
+        assert "preload cgikit_threaded started a thread (forking would be unsafe)" in result.log
+    finally:
+        warm_spawn.close_all()
