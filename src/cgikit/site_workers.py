@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from cgikit import warm_spawn
 from cgikit.prefork import become_subreaper, run_workers
 from cgikit.process_group import kill_all
 
@@ -105,3 +106,4 @@ def _serve_until(server: Serving, stop: threading.Event, grace: float) -> None:
         server.shutdown(grace)
         thread.join(grace + 10.0)
         kill_all(log)
+        warm_spawn.close_all()  # each worker reaps its own zygotes (warm mode)

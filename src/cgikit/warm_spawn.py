@@ -58,16 +58,20 @@ class WarmChild(posix_spawn.Child):
     def __init__(self, pid: int, ends: tuple[int | None, int, int], zygote: Zygote) -> None:
         super().__init__(pid, *ends)
         self._zygote = zygote
-        self._pidfd = os.pidfd_open(pid)  # opens for a child reaped already: then EBADF-free
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # a quick script, exited and reaped already:
+            self._pidfd = -1  # its status is on the way from the zygote
 
     def poll(self) -> int | None:
-        if self.returncode is None and _readable(self._pidfd, 0.0):
+        if self.returncode is None and (self._pidfd < 0 or _readable(self._pidfd, 0.0)):
             self._collect()
         return self.returncode
 
     def wait(self) -> int:
         while self.returncode is None:
-            _readable(self._pidfd, None)
+            if self._pidfd >= 0:
+                _readable(self._pidfd, None)
             self._collect()
         return self.returncode
 
@@ -75,8 +79,9 @@ class WarmChild(posix_spawn.Child):
         with _collect_lock:  # the loop and a reaper thread may both ask
             if self.returncode is None:
                 self.returncode = self._zygote.exit_code(self.pid)
-                os.close(self._pidfd)
-                self._pidfd = -1
+                if self._pidfd >= 0:
+                    os.close(self._pidfd)
+                    self._pidfd = -1
 
 
 _collect_lock = threading.Lock()
@@ -120,6 +125,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._statuses: dict[int, int] = {}
         self._reply: bytes | None = None
+        self.spare = 0  # the pid of the child it forked ahead of the next request
 
     def check(self) -> bool:
         """Whether it takes a request now (``ready`` read, without waiting).
@@ -200,12 +206,26 @@ class Zygote:
         if kind == b"exit":
             pid, _, status = text.partition(b"\0")
             self._statuses[int(pid)] = int(status)
+        elif kind == b"spare":
+            self.spare = int(text)
         elif kind == b"ready":
             self.ready = True
         elif kind == b"fail":
             self.failure = text.decode("utf-8", "replace")
         else:
             self._reply = message
+
+    def reap_spare(self) -> None:
+        """After its death: its spare child, orphaned, exits at once (its socket's end);
+        reaped here if it came to us (a subreaper), not left as a zombie."""
+        deadline = time.monotonic() + 1.0
+        while self.spare and time.monotonic() < deadline:
+            try:
+                if os.waitpid(self.spare, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return  # init's, or reaped: not ours to wait for
+            time.sleep(0.005)
 
     def close(self) -> None:
         """End it (its socket's EOF makes it exit), by its pid if it does not."""
@@ -330,6 +350,7 @@ class WarmSpawner:
             self._retry_at[zygote.command] = time.monotonic() + RESTART_DELAY
         zygote.proc.kill()  # by its pid: it is our child
         zygote.close()
+        zygote.reap_spare()
 
     def close(self) -> None:
         """Stop every zygote (scripts already forked run on)."""

@@ -29,6 +29,7 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
                     | ``cold`` reason (the script cannot run warm: it does not compile,
                     a preload of it failed)
                     ``exit`` pid status (at any time: a child was reaped)
+                    ``spare`` pid (a child forked ahead of the next request)
 """
 
 from __future__ import annotations
@@ -62,22 +63,26 @@ def main() -> None:
     sock.send(b"fail\0" + _why(failures) if failures else b"ready")
     zygote = Zygote(sock, command, failures)
     signal.signal(signal.SIGCHLD, zygote.reap)
-    while True:
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
-        except ConnectionError:
-            return
-        if not message:
-            return  # the worker is gone
-        zygote.handle(message.split(b"\0"), fds)
+    try:
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+            except ConnectionError:
+                return
+            if not message:
+                return  # the worker is gone
+            zygote.handle(message.split(b"\0"), fds)
+    finally:
+        zygote.release_spare()
 
 
 class Zygote:
     def __init__(self, sock: socket.socket, command: list[str], failures: dict[str, str]) -> None:
         self.sock, self.command, self.failures = sock, command, failures
-        self.codes: dict[
-            str, tuple[tuple[int, ...], types.CodeType]
-        ] = {}  # path -> (stat key, code object)
+        self.codes: dict[str, tuple[tuple[int, ...], types.CodeType]] = {}  # by path
+        self.generation = 0  # bumped by whatever a spare forked earlier would lack
+        self.spare: Spare | None = None
+        self.handed: set[int] = set()  # children running a script, reported at exit
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
@@ -88,6 +93,9 @@ class Zygote:
                 return
             if not pid:
                 return
+            if pid not in self.handed:
+                continue  # a spare never used
+            self.handed.discard(pid)
             try:
                 self.sock.send(b"exit\0%d\0%d" % (pid, status))
             except OSError:
@@ -105,10 +113,13 @@ class Zygote:
         try:
             self.run(fields, fds)
         finally:
-            _close(fds)
+            _close(fds)  # before a spare is forked: no request's pipe may stay open in it
+        if self.spare is None:  # forked now, while the script runs
+            self.spare = Spare(self)
+            self.sock.send(b"spare\0%d" % self.spare.pid)  # if we die, our worker reaps it
 
     def run(self, fields: list[bytes], fds: list[int]) -> None:
-        path, cwd = os.fsdecode(fields[1]), os.fsdecode(fields[2])
+        path = os.fsdecode(fields[1])
         preload = [m for m in fields[3].decode().split(",") if m]
         try:
             code = self.compiled(path)
@@ -124,11 +135,41 @@ class Zygote:
         if failed:
             self.sock.send(b"cold\0" + _why(failed))
             return
-        pid = _fork(code, path, cwd, fields[4:], fds, self.command)
-        self.sock.send(b"pid\0%d" % pid)
+        # SIGCHLD waits until the worker has the pid: an ``exit`` never comes first.
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        try:
+            pid = self.hand(code, fields[1:3] + fields[4:], fds)
+            self.handed.add(pid)
+            self.sock.send(b"pid\0%d" % pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+
+    def release_spare(self) -> None:
+        """Let the spare go and reap it (at exit: or it would be a zombie elsewhere)."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            spare.sock.close()
+            try:
+                os.waitpid(spare.pid, 0)
+            except ChildProcessError:
+                pass
+
+    def hand(self, code: types.CodeType, request: list[bytes], fds: list[int]) -> int:
+        """Give the request to the spare child if it is current, else fork one for it."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            if spare.generation == self.generation and spare.take(request, fds):
+                return spare.pid
+            spare.sock.close()  # it exits when it reads the end of its socket
+        pid = _fork()
+        if pid == 0:
+            path, cwd, env = os.fsdecode(request[0]), os.fsdecode(request[1]), request[2:]
+            _become(code, path, cwd, env, fds, self.command)
+        return pid
 
     def load(self, names: list[str]) -> None:
         """Import ``names``, then say ``ready``, or ``fail`` if one started a thread."""
+        self.generation += 1
         try:
             _import_all(names, self.failures)
         except Tainted as exc:
@@ -146,6 +187,7 @@ class Zygote:
         with open(path, "rb") as f:
             source = f.read()
         code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
+        self.generation += 1
         self.codes[path] = (key, code)
         return code
 
@@ -185,14 +227,52 @@ def _close(fds: list[int]) -> None:
             pass
 
 
-def _fork(
-    code: types.CodeType, path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]
-) -> int:
+class Spare:
+    """A child forked ahead of the next request: it waits, in its own session, on a
+    socket of its own for that request, so that a request waits for no fork."""
+
+    def __init__(self, zygote: Zygote) -> None:
+        self.generation = zygote.generation
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = _fork()
+        if self.pid == 0:
+            self.sock.close()  # or the spare would hold the end whose close frees it
+            _wait_as_spare(theirs, zygote)
+        theirs.close()
+
+    def take(self, request: list[bytes], fds: list[int]) -> bool:
+        try:
+            socket.send_fds(self.sock, [b"\0".join(request)], fds)
+        except OSError:
+            return False  # it has died
+        self.sock.close()
+        return True
+
+
+def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
+    """The spare's life: its request, then the script's run (never returns)."""
+    os.setsid()  # now, so that its group can be signalled as soon as its pid is known
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+    except BaseException:
+        os._exit(0)
+    if not message:
+        os._exit(0)  # the zygote let it go
+    path, cwd, *env = message.split(b"\0")
+    code = zygote.codes[os.fsdecode(path)][1]  # current: its generation was checked
+    _become(code, os.fsdecode(path), os.fsdecode(cwd), env, fds, zygote.command)
+
+
+def _fork() -> int:
     if hasattr(gc, "freeze"):
         gc.freeze()  # what the zygote has is not the child's to scan (fewer pages copied)
-    pid = os.fork()
-    if pid:
-        return pid
+    return os.fork()
+
+
+def _become(
+    code: types.CodeType, path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]
+) -> None:
+    """In a forked child: run the script, exit with its status (never returns)."""
     status = 127
     try:
         _enter(path, cwd, env, fds, command)
@@ -212,7 +292,9 @@ def _enter(path: str, cwd: str, env: list[bytes], fds: list[int], command: list[
     """Become the script's process: what ``posix_spawn`` and the interpreter's start
     would have set up for a cold run."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote's, not the script's
-    os.setsid()
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if os.getsid(0) != os.getpid():  # a spare is a session leader already
+        os.setsid()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))

@@ -313,11 +313,6 @@ def reap(pids: list[int], timeout: float = 5.0) -> None:
             time.sleep(POLL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="warm-mode bug: cgikit serve does not stop its zygotes when it stops "
-    "(warm_spawn.close_all is never called); each exits after its worker, orphaned",
-)
 def test_stop_leaves_no_zygote_and_no_zombie(site: Path) -> None:
     """The server's zygotes end before it does. This test is a subreaper meanwhile, as a
     container's PID 1 or a supervisor may be: whatever the server leaves comes here."""

@@ -204,8 +204,10 @@ def test_the_zygote_has_no_threads_and_no_descriptor_but_its_socket(warm_host: C
     fds = {
         int(fd): os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")
     }
+    # Its socket to us, and one to the spare child it forked ahead of the next request;
+    # neither reaches a script (test_each_request_gets_fresh_state...: no fd above 2).
     assert {fd for fd in fds if fd > 2} == {fd for fd in fds if fds[fd].startswith("socket:")}
-    assert len([fd for fd in fds if fd > 2]) == 1
+    assert 1 <= len([fd for fd in fds if fd > 2]) <= 2
     assert all(fds[fd] == "/dev/null" for fd in (0, 1))
 
 
