@@ -138,11 +138,11 @@ class Zygote:
                 self._pump(0.0, lambda: self.ready)
             return self.ready
 
-    def load(self, preload: Sequence[str], timeout: float) -> None:
-        """Import ``preload`` now and wait until ready (``WarmSpawner.prepare``)."""
+    def load(self, preload: Sequence[str], script: str, timeout: float) -> None:
+        """Import ``script``'s ``preload`` now; wait until ready (``WarmSpawner.prepare``)."""
         with self._lock:
             self.ready = False
-            self.sock.send(b"load\0" + ",".join(preload).encode())
+            self.sock.send(b"load\0" + ",".join(preload).encode() + b"\0" + os.fsencode(script))
             if not self._pump(timeout, lambda: self.ready or self.failure is not None):
                 raise TimeoutError("the zygote did not get ready")
 
@@ -290,7 +290,7 @@ class WarmSpawner:
                     return False
                 _readable(self._zygotes[how.command].sock.fileno(), 0.05)
             try:
-                zygote.load(how.preload, max(0.0, deadline - time.monotonic()))
+                zygote.load(how.preload, argv[-1], max(0.0, deadline - time.monotonic()))
             except OSError as exc:
                 self._drop(zygote, f"did not get ready ({exc})", log)
                 return False

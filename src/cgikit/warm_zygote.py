@@ -103,8 +103,8 @@ class Zygote:
 
     def handle(self, fields: list[bytes], fds: list[int]) -> None:
         kind = fields[0]
-        if kind == b"load":  # import these now (the worker waits for ``ready``)
-            self.load([m for m in fields[1].decode().split(",") if m])
+        if kind == b"load" and len(fields) == 3:  # import now (the worker waits: ``ready``)
+            self.load([m for m in fields[1].decode().split(",") if m], os.fsdecode(fields[2]))
             return
         if kind != b"run" or len(fds) != 3 or len(fields) < 4:
             _close(fds)
@@ -129,7 +129,7 @@ class Zygote:
         missing = [m for m in preload if m not in sys.modules and m not in self.failures]
         if missing:
             self.sock.send(b"busy")
-            self.load(missing)
+            self.load(missing, path)
             return
         failed = {m: self.failures[m] for m in preload if m in self.failures}
         if failed:
@@ -167,14 +167,21 @@ class Zygote:
             _become(code, path, cwd, env, fds, self.command)
         return pid
 
-    def load(self, names: list[str]) -> None:
-        """Import ``names``, then say ``ready``, or ``fail`` if one started a thread."""
+    def load(self, names: list[str], script: str) -> None:
+        """Import ``names`` for ``script``, then say ``ready`` (``fail``: one started a
+        thread). The script's directory leads ``sys.path`` meanwhile, as it does when the
+        script runs: a module next to the script (the app of a thin CGI script, say) can
+        be preloaded, and so built once, not once per request."""
         self.generation += 1
+        directory = os.path.dirname(os.path.realpath(script))
+        sys.path.insert(0, directory)
         try:
             _import_all(names, self.failures)
         except Tainted as exc:
             self.sock.send(b"fail\0" + _text(str(exc)))
             return
+        finally:
+            sys.path.remove(directory)
         self.sock.send(b"ready")
 
     def compiled(self, path: str) -> types.CodeType:

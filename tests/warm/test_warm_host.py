@@ -367,3 +367,34 @@ def test_a_preload_that_starts_a_thread_stops_the_zygote_forking(tmp_path: Path)
         assert "preload cgikit_threaded started a thread (forking would be unsafe)" in result.log
     finally:
         warm_spawn.close_all()
+
+
+def test_a_module_next_to_the_script_can_be_preloaded_and_built_once(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    root.mkdir()
+    (root / "cgikit_app_module.py").write_text("import os\nbuilt_in = os.getpid()\nrequests = []\n")
+    write_script(
+        root,
+        "thin.py",
+        PY,
+        """\
+        # cgikit-preload: cgikit_app_module
+        import os
+        import cgikit_app_module as app
+        app.requests.append(1)
+        print("Content-Type: text/plain\\n")
+        print(app.built_in == os.getppid(), len(app.requests))
+        """,
+    )
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "thin.py")], print)
+        for _ in range(3):  # built in the zygote; each request sees it fresh
+            assert call(host, "/thin.py").body == b"True 1\n"
+        assert spawner.forks == 3
+        cold = CGIHost(root, **FAST)
+        assert call(cold, "/thin.py").body == b"False 1\n"  # cold: built by the script
+    finally:
+        warm_spawn.close_all()
