@@ -34,10 +34,15 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
 
 from __future__ import annotations
 
+# Signal calls below go to the C module: ``signal``'s wrappers build enums, and every
+# line of Python a child runs before the script copies pages it shares with the zygote.
+import _signal  # type: ignore[import-not-found]
+import array
 import atexit
 import builtins
 import gc
 import os
+import select
 import signal
 import socket
 import sys
@@ -63,26 +68,49 @@ def main() -> None:
     sock.send(b"fail\0" + _why(failures) if failures else b"ready")
     zygote = Zygote(sock, command, failures)
     signal.signal(signal.SIGCHLD, zygote.reap)
+    # A SIGCHLD that comes just before a blocking recvmsg would wait, handler and all,
+    # for the next message (and the worker for the exit status): so the C handler
+    # writes to a pipe that is polled with the socket.
+    wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_w)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(wakeup, select.POLLIN)
     try:
         while True:
-            try:
-                message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
-            except ConnectionError:
-                return
-            if not message:
-                return  # the worker is gone
-            zygote.handle(message.split(b"\0"), fds)
+            for fd, _events in poller.poll():  # the handler runs when poll returns
+                if fd == wakeup:
+                    _drain(wakeup)
+                    continue
+                try:
+                    message, fds = _receive(sock)
+                    if not message:
+                        return  # the worker is gone
+                    zygote.handle(message.split(b"\0"), fds)
+                except ConnectionError:  # it went while we answered
+                    return
     finally:
         zygote.release_spare()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class Zygote:
     def __init__(self, sock: socket.socket, command: list[str], failures: dict[str, str]) -> None:
         self.sock, self.command, self.failures = sock, command, failures
-        self.codes: dict[str, tuple[tuple[int, ...], types.CodeType]] = {}  # by path
+        self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
         self.generation = 0  # bumped by whatever a spare forked earlier would lack
         self.spare: Spare | None = None
-        self.handed: set[int] = set()  # children running a script, reported at exit
+        # Spares not (yet) given a request: their exits are nobody's business. Every
+        # other child is reported, even one reaped before its pid was sent (a SIGCHLD
+        # handler already due runs wherever the code is): the worker files it by pid.
+        self.idle_spares: set[int] = set()
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
@@ -93,9 +121,9 @@ class Zygote:
                 return
             if not pid:
                 return
-            if pid not in self.handed:
-                continue  # a spare never used
-            self.handed.discard(pid)
+            if pid in self.idle_spares:
+                self.idle_spares.discard(pid)
+                continue
             try:
                 self.sock.send(b"exit\0%d\0%d" % (pid, status))
             except OSError:
@@ -116,13 +144,14 @@ class Zygote:
             _close(fds)  # before a spare is forked: no request's pipe may stay open in it
         if self.spare is None:  # forked now, while the script runs
             self.spare = Spare(self)
+            self.idle_spares.add(self.spare.pid)
             self.sock.send(b"spare\0%d" % self.spare.pid)  # if we die, our worker reaps it
 
     def run(self, fields: list[bytes], fds: list[int]) -> None:
         path = os.fsdecode(fields[1])
         preload = [m for m in fields[3].decode().split(",") if m]
         try:
-            code = self.compiled(path)
+            script = self.compiled(path)
         except (OSError, SyntaxError, ValueError) as exc:
             self.sock.send(b"cold\0" + _text(f"it does not compile: {exc}"))
             return
@@ -135,14 +164,8 @@ class Zygote:
         if failed:
             self.sock.send(b"cold\0" + _why(failed))
             return
-        # SIGCHLD waits until the worker has the pid: an ``exit`` never comes first.
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-        try:
-            pid = self.hand(code, fields[1:3] + fields[4:], fds)
-            self.handed.add(pid)
-            self.sock.send(b"pid\0%d" % pid)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+        pid = self.hand(script, fields[2:3] + fields[4:], fds)
+        self.sock.send(b"pid\0%d" % pid)
 
     def release_spare(self) -> None:
         """Let the spare go and reap it (at exit: or it would be a zombie elsewhere)."""
@@ -154,17 +177,19 @@ class Zygote:
             except ChildProcessError:
                 pass
 
-    def hand(self, code: types.CodeType, request: list[bytes], fds: list[int]) -> int:
-        """Give the request to the spare child if it is current, else fork one for it."""
+    def hand(self, script: Script, request: list[bytes], fds: list[int]) -> int:
+        """Give the request (cwd, env...) to the spare child if it is current, else fork
+        one for it."""
         spare, self.spare = self.spare, None
         if spare is not None:
-            if spare.generation == self.generation and spare.take(request, fds):
+            self.idle_spares.discard(spare.pid)  # before it can run, and so exit
+            if spare.generation == self.generation and spare.take(script.path, request, fds):
                 return spare.pid
             spare.sock.close()  # it exits when it reads the end of its socket
         pid = _fork()
         if pid == 0:
-            path, cwd, env = os.fsdecode(request[0]), os.fsdecode(request[1]), request[2:]
-            _become(code, path, cwd, env, fds, self.command)
+            _detach()
+            _become(script, os.fsdecode(request[0]), request[1:], fds, self.command)
         return pid
 
     def load(self, names: list[str], script: str) -> None:
@@ -184,8 +209,8 @@ class Zygote:
             sys.path.remove(directory)
         self.sock.send(b"ready")
 
-    def compiled(self, path: str) -> types.CodeType:
-        """The script's code, compiled once per version of the file."""
+    def compiled(self, path: str) -> Script:
+        """The script's code and directory, once per version of the file."""
         info = os.stat(path)
         key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
         cached = self.codes.get(path)
@@ -194,9 +219,10 @@ class Zygote:
         with open(path, "rb") as f:
             source = f.read()
         code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
+        script = Script(code, path, os.path.dirname(os.path.realpath(path)))
         self.generation += 1
-        self.codes[path] = (key, code)
-        return code
+        self.codes[path] = (key, script)
+        return script
 
 
 def _import_all(names: list[str], failures: dict[str, str]) -> None:
@@ -247,9 +273,10 @@ class Spare:
             _wait_as_spare(theirs, zygote)
         theirs.close()
 
-    def take(self, request: list[bytes], fds: list[int]) -> bool:
+    def take(self, path: str, request: list[bytes], fds: list[int]) -> bool:
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            socket.send_fds(self.sock, [b"\0".join(request)], fds)
+            self.sock.sendmsg([b"\0".join([os.fsencode(path), *request])], rights)
         except OSError:
             return False  # it has died
         self.sock.close()
@@ -258,16 +285,47 @@ class Spare:
 
 def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
     """The spare's life: its request, then the script's run (never returns)."""
-    os.setsid()  # now, so that its group can be signalled as soon as its pid is known
+    _detach()  # now: its group can be signalled as soon as its pid is known
     try:
-        message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+        message, fds = _receive(sock)
     except BaseException:
         os._exit(0)
     if not message:
         os._exit(0)  # the zygote let it go
     path, cwd, *env = message.split(b"\0")
-    code = zygote.codes[os.fsdecode(path)][1]  # current: its generation was checked
-    _become(code, os.fsdecode(path), os.fsdecode(cwd), env, fds, zygote.command)
+    script = zygote.codes[os.fsdecode(path)][1]  # current: its generation was checked
+    _become(script, os.fsdecode(cwd), env, fds, zygote.command)
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """A message and the descriptors it carries (``socket.recv_fds``, in fewer lines)."""
+    message, ancillary, _flags, _addr = sock.recvmsg(MAX_MESSAGE, _RIGHTS_SPACE)
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return message, list(fds)
+
+
+_RIGHTS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
+
+
+class Script:
+    """A compiled script: its code, its path, its real directory (``sys.path[0]``)."""
+
+    __slots__ = ("code", "directory", "path")
+
+    def __init__(self, code: types.CodeType, path: str, directory: str) -> None:
+        self.code, self.path, self.directory = code, path, directory
+
+
+def _detach() -> None:
+    """A forked child's first step: the zygote's SIGCHLD handler and mask undone, and a
+    session (and process group) of its own (research §3 row 10)."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    _signal.set_wakeup_fd(-1)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    os.setsid()
 
 
 def _fork() -> int:
@@ -276,14 +334,12 @@ def _fork() -> int:
     return os.fork()
 
 
-def _become(
-    code: types.CodeType, path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]
-) -> None:
+def _become(script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
     """In a forked child: run the script, exit with its status (never returns)."""
     status = 127
     try:
-        _enter(path, cwd, env, fds, command)
-        status = _run(code, path)
+        _enter(script, cwd, env, fds, command)
+        status = _run(script.code, script.path)
     except BaseException:
         try:
             import traceback
@@ -295,13 +351,9 @@ def _become(
     os._exit(status)
 
 
-def _enter(path: str, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
+def _enter(script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
     """Become the script's process: what ``posix_spawn`` and the interpreter's start
-    would have set up for a cold run."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote's, not the script's
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    if os.getsid(0) != os.getpid():  # a spare is a session leader already
-        os.setsid()
+    would have set up for a cold run (``_detach`` has been)."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
@@ -316,10 +368,10 @@ def _enter(path: str, cwd: str, env: list[bytes], fds: list[int], command: list[
         name, _, value = entry.partition(b"=")
         os.putenv(name, value)
         data[name] = value
-    sys.argv[:] = [path]
+    sys.argv[:] = [script.path]
     if hasattr(sys, "orig_argv"):
-        sys.orig_argv[:] = [*command, path]
-    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+        sys.orig_argv[:] = [*command, script.path]
+    sys.path.insert(0, script.directory)
 
 
 def _run(code: types.CodeType, path: str) -> int:

@@ -198,16 +198,19 @@ def test_each_request_gets_fresh_state_and_a_fresh_random_stream(warm_host: CGIH
         assert r["fds"] == []
 
 
-def test_the_zygote_has_no_threads_and_no_descriptor_but_its_socket(warm_host: CGIHost) -> None:
+def test_the_zygote_has_no_threads_and_no_descriptor_but_its_own(warm_host: CGIHost) -> None:
     zygote = call(warm_host, "/state.py").json()["ppid"]
     assert os.listdir(f"/proc/{zygote}/task") == [str(zygote)]
     fds = {
         int(fd): os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")
     }
-    # Its socket to us, and one to the spare child it forked ahead of the next request;
-    # neither reaches a script (test_each_request_gets_fresh_state...: no fd above 2).
-    assert {fd for fd in fds if fd > 2} == {fd for fd in fds if fds[fd].startswith("socket:")}
-    assert 1 <= len([fd for fd in fds if fd > 2]) <= 2
+    # Its socket to us, one to the spare child it forked ahead of the next request, and
+    # its signal wake-up pipe; none reaches a script (test_each_request_gets_fresh_state:
+    # no fd above 2 there).
+    sockets = [fd for fd in fds if fds[fd].startswith("socket:")]
+    pipes = [fd for fd in fds if fds[fd].startswith("pipe:")]
+    assert 1 <= len(sockets) <= 2 and len(pipes) == 2
+    assert {fd for fd in fds if fd > 2} == {*sockets, *pipes}
     assert all(fds[fd] == "/dev/null" for fd in (0, 1))
 
 
