@@ -82,7 +82,21 @@ print("Content-Type: text/plain")
 print()
 print("zygote" if forked else "exec")
 """
-SCRIPTS = {"hello-py": PRINT_SCRIPT, "hello-flask": FLASK_SCRIPT, "probe-py": PROBE_SCRIPT}
+# The recommended shape: a thin script, the app in a module beside it that the zygote
+# imports (and so builds) once; cold, the script imports it on every request.
+FLASK_APP_SCRIPT = """#!{python}
+# cgikit-preload: cgikit, flask_hello
+import cgikit
+from flask_hello import app
+
+cgikit.run(app)
+"""
+SCRIPTS = {
+    "hello-py": PRINT_SCRIPT,
+    "hello-flask": FLASK_SCRIPT,
+    "hello-flask-app": FLASK_APP_SCRIPT,
+    "probe-py": PROBE_SCRIPT,
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class Target:
     label: str
     server: str
     path: str
+    connections: int = 0  # 0: --connections
 
 
 TARGETS = {  # in the table's order
@@ -99,12 +114,24 @@ TARGETS = {  # in the table's order
     "warm-print": Target("print script, cgikit serve --warm", "warm", "/cgi-bin/hello-py"),
     "cold-flask": Target("Flask script, cgikit serve (cold)", "cold", "/cgi-bin/hello-flask/"),
     "warm-flask": Target("Flask script, cgikit serve --warm", "warm", "/cgi-bin/hello-flask/"),
+    "cold-flask-app": Target(
+        "thin Flask script, app module beside it, cold", "cold", "/cgi-bin/hello-flask-app/"
+    ),
+    "warm-flask-app": Target(
+        "thin Flask script, app module preloaded, --warm", "warm", "/cgi-bin/hello-flask-app/"
+    ),
     "fastcgi-flask": Target("Flask app, nginx + cgikit FastCGI", "fastcgi", "/"),
+    "warm-flask-app-c1": Target(
+        "the same, one connection (latency)", "warm", "/cgi-bin/hello-flask-app/", 1
+    ),
+    "fastcgi-flask-c1": Target("Flask app via FastCGI, one connection", "fastcgi", "/", 1),
 }
 FLOORS = (  # (target, baseline, field, limit): issue 5; rps at least, p50 at most
     ("warm-print", "cold-print", "rps", 5.0),
     ("warm-flask", "cold-flask", "rps", 20.0),
-    ("warm-flask", "fastcgi-flask", "p50", 2.0),
+    ("warm-flask-app", "cold-flask-app", "rps", 20.0),
+    ("warm-flask-app-c1", "fastcgi-flask-c1", "p50", 2.0),  # unloaded latency
+    ("warm-flask", "fastcgi-flask", "p50", 2.0),  # p50 under -c8 (a queue: 1/req/s)
 )
 Hosts = dict[str, peers.Host]  # cold, warm, fastcgi
 Samples = dict[str, list[Sample]]  # target -> one per round
@@ -147,6 +174,8 @@ def make_site(tmp: Path, python: str) -> tuple[Path, Path]:
     (apps / "flask_hello.py").write_text(FLASK_APP, "utf-8")
     for path in (tmp, docroot, cgi_bin, apps, *cgi_bin.iterdir(), *apps.iterdir()):
         path.chmod(0o755)
+    (cgi_bin / "flask_hello.py").write_text(FLASK_APP, "utf-8")  # a module, not a script
+    (cgi_bin / "flask_hello.py").chmod(0o644)
     return docroot, apps
 
 
@@ -224,7 +253,7 @@ def stop_all(hosts: Hosts) -> None:
 
 
 def wrk(address: str, duration: int, connections: int) -> Sample:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", f"--timeout={WRK_TIMEOUT}s"]
+    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", f"--timeout={WRK_TIMEOUT}s"]
     done = subprocess.run(
         [*argv, "--latency", address], capture_output=True, text=True,
         timeout=duration + WRK_TIMEOUT + 60,
@@ -271,7 +300,8 @@ def measure(hosts: Hosts, args: argparse.Namespace) -> Samples:
             host = hosts[TARGETS[name].server]
             if not host.alive():
                 raise SystemExit(f"bench: {host.label} died\n{host.diagnostics()}")
-            sample = wrk(url(hosts, name), args.duration, args.connections)
+            connections = TARGETS[name].connections or args.connections
+            sample = wrk(url(hosts, name), args.duration, connections)
             samples[name].append(sample)
             note = f", {sample.errors}" if sample.errors else ""
             print(

@@ -2,13 +2,14 @@
 
 ``WarmSpawner.spawn`` is tried before the cold spawn (``posix_spawn`` / Popen) when a
 host runs with ``warm``. For a script ``warm_plan`` accepts, it asks the script's
-zygote (``warm_zygote``, one per interpreter command, started on first use with the
+zygote (``warm_zygote``, one per interpreter command and set of the scripts' own
+preloads, with their directory; started on first use with the
 server's allow-listed environment) to fork a child onto the request's pipes, and
 returns a ``WarmChild``: what ``ProcessGroup``, ``cgi_runner`` and ``script_task``
 already drive (pid = process group, non-blocking pipe ends). Anything that keeps a
 script from running warm gives ``None``, and the caller runs it cold, so no request is
-lost to warm mode: a zygote still starting or importing a script's preloads, a script
-that does not compile, a preload that fails (both logged once per version of the
+lost to warm mode: a zygote still starting or importing its preloads, a script that
+does not compile, a preload that fails (both logged once per version of the
 script), a zygote that has died (logged; a new one is started, at most once every
 ``RESTART_DELAY`` seconds for an interpreter whose zygote keeps dying young).
 
@@ -43,6 +44,7 @@ REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for de
 RESTART_DELAY: Final = 5.0
 _MAX_MESSAGE: Final = 1 << 20
 Log = Callable[[str], None]
+ZygoteKey = tuple[tuple[str, ...], tuple[str, ...], str]  # command, own preloads, dir
 
 
 def available() -> bool:
@@ -98,13 +100,15 @@ class Zygote:
     filed in ``_statuses``, ``ready``/``fail`` set the state, the rest answer a ``run``.
     """
 
-    def __init__(self, command: tuple[str, ...], preload: Sequence[str], env: dict[str, str]):
-        self.command = command
+    def __init__(self, key: ZygoteKey, preload: Sequence[str], env: dict[str, str]):
+        self.key = command, mine, directory = key
+        self.name = " ".join(command) + (f" (preload {','.join(mine)})" if mine else "")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
         try:
             self.proc = subprocess.Popen(
-                [*command, ZYGOTE_FILE, str(theirs.fileno()), ",".join(preload)],
+                [*command, ZYGOTE_FILE, str(theirs.fileno()), *map(",".join, (preload, mine))]
+                + [directory],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -138,28 +142,25 @@ class Zygote:
                 self._pump(0.0, lambda: self.ready)
             return self.ready
 
-    def load(self, preload: Sequence[str], script: str, timeout: float) -> None:
-        """Import ``script``'s ``preload`` now; wait until ready (``WarmSpawner.prepare``)."""
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until it has imported its preloads (``WarmSpawner.prepare``)."""
         with self._lock:
-            self.ready = False
-            self.sock.send(b"load\0" + ",".join(preload).encode() + b"\0" + os.fsencode(script))
-            if not self._pump(timeout, lambda: self.ready or self.failure is not None):
-                raise TimeoutError("the zygote did not get ready")
+            self._pump(timeout, lambda: self.ready or self.failure is not None)
+            return self.ready
 
     def run(
         self,
         path: str,
         cwd: str,
         env: dict[bytes, bytes],
-        preload: Sequence[str],
         fds: tuple[int, int, int],
     ) -> bytes:
-        """Ask for a child on ``fds``; the reply: ``pid N``, ``busy`` or ``cold why``.
+        """Ask for a child on ``fds``; the reply: ``pid N`` or ``cold why``.
 
         Raises:
             ConnectionError, OSError: the zygote is dead or stuck.
         """
-        fields = [b"run", os.fsencode(path), os.fsencode(cwd), ",".join(preload).encode()]
+        fields = [b"run", os.fsencode(path), os.fsencode(cwd)]
         fields += [k + b"=" + v for k, v in env.items()]
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
@@ -168,8 +169,6 @@ class Zygote:
             if not self._pump(REPLY_TIMEOUT, lambda: self._reply is not None):
                 raise TimeoutError(f"no answer in {REPLY_TIMEOUT:g} s")
             reply, self._reply = self._reply or b"", None
-        if reply == b"busy":
-            self.ready = False  # ``ready`` follows once the imports are done
         return reply
 
     def exit_code(self, pid: int) -> int:
@@ -243,8 +242,8 @@ class WarmSpawner:
 
     def __init__(self, preload: Sequence[str], env: dict[str, str]) -> None:
         self._preload, self._env = tuple(preload), env
-        self._zygotes: dict[tuple[str, ...], Zygote] = {}
-        self._retry_at: dict[tuple[str, ...], float] = {}
+        self._zygotes: dict[ZygoteKey, Zygote] = {}
+        self._retry_at: dict[ZygoteKey, float] = {}
         self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold]] = {}
         self._lock = threading.Lock()
         self.forks = 0  # scripts run warm, for tests and benchmarks
@@ -255,12 +254,12 @@ class WarmSpawner:
         """The script forked by its zygote, or None: run it cold (module docstring)."""
         with self._lock:
             how = self._plan(argv, log)
-            zygote = self._usable(how.command, log) if isinstance(how, WarmPlan) else None
+            zygote = self._usable(_key(how, argv), log) if isinstance(how, WarmPlan) else None
             if zygote is None or not isinstance(how, WarmPlan):
                 return None
             parents, children = posix_spawn.pipes(null_stdin=null_stdin)
             try:
-                reply = zygote.run(argv[-1], cwd, env, how.preload, children)
+                reply = zygote.run(argv[-1], cwd, env, children)
             except OSError as exc:  # ConnectionError, TimeoutError: it is dead or stuck
                 self._drop(zygote, f"stopped answering ({exc}); running the script cold", log)
                 reply = b""
@@ -284,17 +283,18 @@ class WarmSpawner:
             how = self._plan(argv, log)
             if not isinstance(how, WarmPlan):
                 return False
-            deadline = time.monotonic() + timeout
-            while (zygote := self._usable(how.command, log)) is None:
-                if how.command not in self._zygotes or time.monotonic() > deadline:
+            key, deadline = _key(how, argv), time.monotonic() + timeout
+            while self._usable(key, log) is None:
+                if key not in self._zygotes or time.monotonic() > deadline:
                     return False
-                _readable(self._zygotes[how.command].sock.fileno(), 0.05)
-            try:
-                zygote.load(how.preload, argv[-1], max(0.0, deadline - time.monotonic()))
-            except OSError as exc:
-                self._drop(zygote, f"did not get ready ({exc})", log)
-                return False
-            return zygote.ready
+                waiting = self._zygotes[key]
+                if waiting.failure is not None:
+                    return False
+                try:
+                    waiting.wait_ready(max(0.0, deadline - time.monotonic()))
+                except OSError:
+                    pass  # dead: ``_usable`` says so and starts another
+            return True
 
     def _plan(self, argv: Sequence[str], log: Log) -> WarmPlan | Cold:
         """``warm_plan.plan`` for the script, cached per version of the file."""
@@ -319,17 +319,17 @@ class WarmSpawner:
         self._plans[path] = (key, how)
         return how
 
-    def _usable(self, command: tuple[str, ...], log: Log) -> Zygote | None:
-        """The command's zygote if it takes a request now; starts one if there is none."""
-        zygote = self._zygotes.get(command)
+    def _usable(self, key: ZygoteKey, log: Log) -> Zygote | None:
+        """The key's zygote if it takes a request now; starts one if there is none."""
+        zygote = self._zygotes.get(key)
         if zygote is None:
-            if time.monotonic() < self._retry_at.get(command, 0.0):
+            if time.monotonic() < self._retry_at.get(key, 0.0):
                 return None
             try:
-                zygote = self._zygotes[command] = Zygote(command, self._preload, self._env)
+                zygote = self._zygotes[key] = Zygote(key, self._preload, self._env)
             except OSError as exc:
-                log(f"warm mode: cannot start {' '.join(command)}: {exc}")
-                self._retry_at[command] = time.monotonic() + RESTART_DELAY
+                log(f"warm mode: cannot start {' '.join(key[0])}: {exc}")
+                self._retry_at[key] = time.monotonic() + RESTART_DELAY
                 return None
         try:
             ready = zygote.check()
@@ -339,15 +339,15 @@ class WarmSpawner:
         if zygote.failure is not None:  # its preloads failed: every script runs cold
             if not zygote.failure_logged:
                 zygote.failure_logged = True
-                log(f"warm mode: {' '.join(command)}: {zygote.failure}; scripts run cold")
+                log(f"warm mode: {zygote.name}: {zygote.failure}; its scripts run cold")
             return None
         return zygote if ready else None
 
     def _drop(self, zygote: Zygote, why: str, log: Log) -> None:
-        log(f"warm mode: the zygote for {' '.join(zygote.command)} {why}; starting another")
-        self._zygotes.pop(zygote.command, None)
+        log(f"warm mode: the zygote for {zygote.name} {why}; starting another")
+        self._zygotes.pop(zygote.key, None)
         if time.monotonic() - zygote.started < RESTART_DELAY:  # it dies young: wait
-            self._retry_at[zygote.command] = time.monotonic() + RESTART_DELAY
+            self._retry_at[zygote.key] = time.monotonic() + RESTART_DELAY
         zygote.proc.kill()  # by its pid: it is our child
         zygote.close()
         zygote.reap_spare()
@@ -358,6 +358,13 @@ class WarmSpawner:
             zygotes, self._zygotes = list(self._zygotes.values()), {}
         for zygote in zygotes:
             zygote.close()
+
+
+def _key(how: WarmPlan, argv: Sequence[str]) -> ZygoteKey:
+    """Scripts share a zygote when they share an interpreter command and their own
+    preloads; with some, also their directory (a module there may be one of them)."""
+    directory = os.path.dirname(os.path.realpath(argv[-1])) if how.preload else ""
+    return how.command, how.preload, directory
 
 
 _spawners: dict[tuple[object, ...], WarmSpawner] = {}

@@ -1,8 +1,11 @@
 """The warm parent ("zygote") of warm mode: a program, run by a script's own interpreter.
 
-``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD`` with the
-server's allow-listed environment. It imports the PRELOAD modules (comma-separated),
-tells its worker ``ready`` over the SOCK_SEQPACKET socket FD, then for each request
+``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD MINE DIR`` with
+the server's allow-listed environment, one per interpreter command and set of script
+preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
+scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
+(so a thin script's app module beside it is built once, here), tells its worker
+``ready`` over the SOCK_SEQPACKET socket FD, then for each request
 forks a child that runs the script as ``__main__`` with exactly the CGI contract of a
 cold run: a new session (its own process group), fd 0/1/2 the request's pipes and no
 other descriptor, the request's environment and nothing else, the script's directory
@@ -22,12 +25,9 @@ above 2 anyway. It reaps its children on SIGCHLD (the handler runs between bytec
 so even while a preload is importing) and tells the worker each one's wait status.
 
 Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs it):
-  worker -> zygote  ``run`` path cwd preload k=v... (+3 descriptors),
-                    ``load`` modules (import them, then ``ready``)
-  zygote -> worker  ``ready`` | ``fail`` reason (after the preloads, and after ``busy``)
-                    ``pid`` N | ``busy`` (importing a script's preloads; run it cold)
-                    | ``cold`` reason (the script cannot run warm: it does not compile,
-                    a preload of it failed)
+  worker -> zygote  ``run`` path cwd k=v... (+3 descriptors)
+  zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
+                    ``pid`` N | ``cold`` reason (the script does not compile)
                     ``exit`` pid status (at any time: a child was reaped)
                     ``spare`` pid (a child forked ahead of the next request)
 """
@@ -60,13 +60,12 @@ def main() -> None:
     orig = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     command = orig[: len(orig) - len(sys.argv)]  # the interpreter and its flags
     sock = socket.socket(fileno=int(sys.argv[1]))
-    failures: dict[str, str] = {}
-    try:
-        _import_all([m for m in sys.argv[2].split(",") if m], failures)
-    except Tainted as exc:
-        failures[""] = str(exc)
-    sock.send(b"fail\0" + _why(failures) if failures else b"ready")
-    zygote = Zygote(sock, command, failures)
+    failure = _preload(sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])
+    sock.send(b"fail\0" + _text(failure) if failure else b"ready")
+    if failure:
+        _drain_until_closed(sock)  # runs nothing; exits when the worker lets it go
+        return
+    zygote = Zygote(sock, command)
     signal.signal(signal.SIGCHLD, zygote.reap)
     # A SIGCHLD that comes just before a blocking recvmsg would wait, handler and all,
     # for the next message (and the worker for the exit status): so the C handler
@@ -93,6 +92,45 @@ def main() -> None:
         zygote.release_spare()
 
 
+def _preload(host: list[str], mine: list[str], directory: str) -> str:
+    """Import the host's preloads, then the scripts' with their directory leading
+    ``sys.path``; what went wrong, or ""."""
+    try:
+        for name in filter(None, host):
+            _import(name)
+        sys.path.insert(0, directory)
+        try:
+            for name in filter(None, mine):
+                _import(name)
+        finally:
+            sys.path.remove(directory)
+    except Exception as exc:  # an import error, or a preload that started a thread
+        return str(exc)
+    return ""
+
+
+def _import(name: str) -> None:
+    try:
+        __import__(name)
+    except BaseException as exc:  # SystemExit and all: a preload must not end the zygote
+        raise ImportError(f"preload {name} failed: {type(exc).__name__}: {exc}") from None
+    if len(os.listdir("/proc/self/task")) > 1:
+        # A fork copies only the forking thread: a lock another thread held would stay
+        # locked for ever in every child. Such a zygote must not fork at all.
+        raise ImportError(f"preload {name} started a thread (forking would be unsafe)")
+
+
+def _drain_until_closed(sock: socket.socket) -> None:
+    while True:
+        try:
+            message, fds = _receive(sock)
+        except OSError:
+            return
+        _close(fds)
+        if not message:
+            return
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -102,8 +140,8 @@ def _drain(fd: int) -> None:
 
 
 class Zygote:
-    def __init__(self, sock: socket.socket, command: list[str], failures: dict[str, str]) -> None:
-        self.sock, self.command, self.failures = sock, command, failures
+    def __init__(self, sock: socket.socket, command: list[str]) -> None:
+        self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
         self.generation = 0  # bumped by whatever a spare forked earlier would lack
         self.spare: Spare | None = None
@@ -130,11 +168,7 @@ class Zygote:
                 pass  # the worker is gone; the main loop sees it
 
     def handle(self, fields: list[bytes], fds: list[int]) -> None:
-        kind = fields[0]
-        if kind == b"load" and len(fields) == 3:  # import now (the worker waits: ``ready``)
-            self.load([m for m in fields[1].decode().split(",") if m], os.fsdecode(fields[2]))
-            return
-        if kind != b"run" or len(fds) != 3 or len(fields) < 4:
+        if fields[0] != b"run" or len(fds) != 3 or len(fields) < 3:
             _close(fds)
             self.sock.send(b"cold\0malformed request to the zygote")
             return
@@ -148,23 +182,12 @@ class Zygote:
             self.sock.send(b"spare\0%d" % self.spare.pid)  # if we die, our worker reaps it
 
     def run(self, fields: list[bytes], fds: list[int]) -> None:
-        path = os.fsdecode(fields[1])
-        preload = [m for m in fields[3].decode().split(",") if m]
         try:
-            script = self.compiled(path)
+            script = self.compiled(os.fsdecode(fields[1]))
         except (OSError, SyntaxError, ValueError) as exc:
             self.sock.send(b"cold\0" + _text(f"it does not compile: {exc}"))
             return
-        missing = [m for m in preload if m not in sys.modules and m not in self.failures]
-        if missing:
-            self.sock.send(b"busy")
-            self.load(missing, path)
-            return
-        failed = {m: self.failures[m] for m in preload if m in self.failures}
-        if failed:
-            self.sock.send(b"cold\0" + _why(failed))
-            return
-        pid = self.hand(script, fields[2:3] + fields[4:], fds)
+        pid = self.hand(script, fields[2:], fds)
         self.sock.send(b"pid\0%d" % pid)
 
     def release_spare(self) -> None:
@@ -192,23 +215,6 @@ class Zygote:
             _become(script, os.fsdecode(request[0]), request[1:], fds, self.command)
         return pid
 
-    def load(self, names: list[str], script: str) -> None:
-        """Import ``names`` for ``script``, then say ``ready`` (``fail``: one started a
-        thread). The script's directory leads ``sys.path`` meanwhile, as it does when the
-        script runs: a module next to the script (the app of a thin CGI script, say) can
-        be preloaded, and so built once, not once per request."""
-        self.generation += 1
-        directory = os.path.dirname(os.path.realpath(script))
-        sys.path.insert(0, directory)
-        try:
-            _import_all(names, self.failures)
-        except Tainted as exc:
-            self.sock.send(b"fail\0" + _text(str(exc)))
-            return
-        finally:
-            sys.path.remove(directory)
-        self.sock.send(b"ready")
-
     def compiled(self, path: str) -> Script:
         """The script's code and directory, once per version of the file."""
         info = os.stat(path)
@@ -223,29 +229,6 @@ class Zygote:
         self.generation += 1
         self.codes[path] = (key, script)
         return script
-
-
-def _import_all(names: list[str], failures: dict[str, str]) -> None:
-    for name in names:
-        try:
-            __import__(name)
-        except BaseException as exc:  # any failure makes the scripts that need it cold
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if len(os.listdir("/proc/self/task")) > 1:
-            # A fork copies only the forking thread: a lock another thread held would
-            # stay locked for ever in every child. Such a zygote forks nothing more.
-            raise Tainted(f"preload {name} started a thread (forking would be unsafe)")
-
-
-class Tainted(Exception):
-    """The zygote may not fork any more (``fail``, then it only answers ``cold``)."""
-
-
-def _why(failures: dict[str, str]) -> bytes:
-    return _text(
-        "; ".join(f"preload {m} failed: {why}" if m else why for m, why in failures.items())
-    )
 
 
 def _text(text: str) -> bytes:
