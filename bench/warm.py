@@ -253,7 +253,9 @@ def stop_all(hosts: Hosts) -> None:
 
 
 def wrk(address: str, duration: int, connections: int) -> Sample:
-    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", f"--timeout={WRK_TIMEOUT}s"]
+    threads = min(2, connections)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
+    argv.append(f"--timeout={WRK_TIMEOUT}s")
     done = subprocess.run(
         [*argv, "--latency", address], capture_output=True, text=True,
         timeout=duration + WRK_TIMEOUT + 60,

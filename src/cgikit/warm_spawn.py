@@ -107,8 +107,7 @@ class Zygote:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
         try:
             self.proc = subprocess.Popen(
-                [*command, ZYGOTE_FILE, str(theirs.fileno()), *map(",".join, (preload, mine))]
-                + [directory],
+                [*command, ZYGOTE_FILE, str(theirs.fileno()), *_csv(preload, mine), directory],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -358,6 +357,10 @@ class WarmSpawner:
             zygotes, self._zygotes = list(self._zygotes.values()), {}
         for zygote in zygotes:
             zygote.close()
+
+
+def _csv(*names: Sequence[str]) -> list[str]:
+    return [",".join(each) for each in names]
 
 
 def _key(how: WarmPlan, argv: Sequence[str]) -> ZygoteKey:
