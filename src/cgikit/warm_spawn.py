@@ -23,6 +23,7 @@ Zygotes belong to the process that started them: a forked worker starts its own.
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import os
 import select
@@ -44,6 +45,7 @@ REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for de
 RESTART_DELAY: Final = 5.0
 _MAX_MESSAGE: Final = 1 << 20
 Log = Callable[[str], None]
+Fds = tuple[int, int, int]
 ZygoteKey = tuple[tuple[str, ...], tuple[str, ...], str]  # command, own preloads, dir
 
 
@@ -97,7 +99,8 @@ class Zygote:
     """One running ``warm_zygote`` and the worker's end of its socket.
 
     Its messages are read under ``_lock`` by whoever needs one: ``exit`` reports are
-    filed in ``_statuses``, ``ready``/``fail`` set the state, the rest answer a ``run``.
+    filed in ``_statuses``, ``spare`` pids queued in ``spares`` (the children forked
+    ahead, which take the requests in that order), ``ready``/``fail`` set the state.
     """
 
     def __init__(self, key: ZygoteKey, preload: Sequence[str], env: dict[str, str]):
@@ -127,8 +130,7 @@ class Zygote:
         self.failure_logged = False
         self._lock = threading.Lock()
         self._statuses: dict[int, int] = {}
-        self._reply: bytes | None = None
-        self.spare = 0  # the pid of the child it forked ahead of the next request
+        self.spares: collections.deque[int] = collections.deque()
 
     def check(self) -> bool:
         """Whether it takes a request now (``ready`` read, without waiting).
@@ -147,28 +149,21 @@ class Zygote:
             self._pump(timeout, lambda: self.ready or self.failure is not None)
             return self.ready
 
-    def run(
-        self,
-        path: str,
-        cwd: str,
-        env: dict[bytes, bytes],
-        fds: tuple[int, int, int],
-    ) -> bytes:
-        """Ask for a child on ``fds``; the reply: ``pid N`` or ``cold why``.
+    def run(self, argv: Sequence[str], cwd: str, env: dict[bytes, bytes], fds: Fds) -> int:
+        """Send the request to the next spare child, whose pid this returns: no answer
+        to wait for (a spare that cannot compile the script execs it, as cold).
 
         Raises:
             ConnectionError, OSError: the zygote is dead or stuck.
         """
-        fields = [b"run", os.fsencode(path), os.fsencode(cwd)]
+        fields = [b"run", b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd)]
         fields += [k + b"=" + v for k, v in env.items()]
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
-            self._reply = None
+            if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
+                raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")
             self.sock.sendmsg([b"\0".join(fields)], rights)
-            if not self._pump(REPLY_TIMEOUT, lambda: self._reply is not None):
-                raise TimeoutError(f"no answer in {REPLY_TIMEOUT:g} s")
-            reply, self._reply = self._reply or b"", None
-        return reply
+            return self.spares.popleft()
 
     def exit_code(self, pid: int) -> int:
         """The exit code of its child ``pid``, which has exited (Popen's convention)."""
@@ -205,25 +200,26 @@ class Zygote:
             pid, _, status = text.partition(b"\0")
             self._statuses[int(pid)] = int(status)
         elif kind == b"spare":
-            self.spare = int(text)
+            self.spares.append(int(text))
         elif kind == b"ready":
             self.ready = True
         elif kind == b"fail":
             self.failure = text.decode("utf-8", "replace")
         else:
-            self._reply = message
+            raise ConnectionError(f"unexpected message {kind!r}")
 
-    def reap_spare(self) -> None:
-        """After its death: its spare child, orphaned, exits at once (its socket's end);
-        reaped here if it came to us (a subreaper), not left as a zombie."""
+    def reap_spares(self) -> None:
+        """After its death: its spare children, orphaned, exit at once (their sockets'
+        end); reaped here if they came to us (a subreaper), not left as zombies."""
         deadline = time.monotonic() + 1.0
-        while self.spare and time.monotonic() < deadline:
-            try:
-                if os.waitpid(self.spare, os.WNOHANG)[0]:
-                    return
-            except ChildProcessError:
-                return  # init's, or reaped: not ours to wait for
-            time.sleep(0.005)
+        for pid in self.spares:
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break  # init's, or reaped: not ours to wait for
+                time.sleep(0.005)
 
     def close(self) -> None:
         """End it (its socket's EOF makes it exit), by its pid if it does not."""
@@ -258,22 +254,15 @@ class WarmSpawner:
                 return None
             parents, children = posix_spawn.pipes(null_stdin=null_stdin)
             try:
-                reply = zygote.run(argv[-1], cwd, env, children)
+                pid = zygote.run(argv, cwd, env, children)
             except OSError as exc:  # ConnectionError, TimeoutError: it is dead or stuck
+                posix_spawn.close_ends(parents)
                 self._drop(zygote, f"stopped answering ({exc}); running the script cold", log)
-                reply = b""
+                return None
             finally:
                 posix_spawn.close_ends(children)
-            kind, _, text = reply.partition(b"\0")
-            if kind == b"pid":
-                self.forks += 1
-                return WarmChild(int(text), parents, zygote)
-            posix_spawn.close_ends(parents)
-            if kind == b"cold":
-                why = text.decode("utf-8", "replace")
-                log(f"{argv[-1]}: runs cold: {why}")
-                self._plans[argv[-1]] = (self._plans[argv[-1]][0], Cold(why, mistake=True))
-            return None
+            self.forks += 1
+            return WarmChild(pid, parents, zygote)
 
     def prepare(self, argv: Sequence[str], log: Log, timeout: float = 30.0) -> bool:
         """Start the script's zygote with its preloads and wait until it is ready (the
@@ -349,7 +338,7 @@ class WarmSpawner:
             self._retry_at[zygote.key] = time.monotonic() + RESTART_DELAY
         zygote.proc.kill()  # by its pid: it is our child
         zygote.close()
-        zygote.reap_spare()
+        zygote.reap_spares()
 
     def close(self) -> None:
         """Stop every zygote (scripts already forked run on)."""

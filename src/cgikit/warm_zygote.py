@@ -40,6 +40,7 @@ import _signal  # type: ignore[import-not-found]
 import array
 import atexit
 import builtins
+import collections
 import gc
 import os
 import select
@@ -50,6 +51,7 @@ import types
 from importlib.machinery import SourceFileLoader
 
 MAX_MESSAGE = 1 << 20
+SPARES = 2  # children forked ahead of requests
 # Whether this interpreter gives ``__main__`` an ``__annotations__`` dict before the
 # script runs (3.11-3.13 do): looked at in our own ``__main__``, before any import.
 _ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
@@ -66,6 +68,7 @@ def main() -> None:
         _drain_until_closed(sock)  # runs nothing; exits when the worker lets it go
         return
     zygote = Zygote(sock, command)
+    zygote.top_up()
     signal.signal(signal.SIGCHLD, zygote.reap)
     # A SIGCHLD that comes just before a blocking recvmsg would wait, handler and all,
     # for the next message (and the worker for the exit status): so the C handler
@@ -89,7 +92,7 @@ def main() -> None:
                 except ConnectionError:  # it went while we answered
                     return
     finally:
-        zygote.release_spare()
+        zygote.release_spares()
 
 
 def _preload(host: list[str], mine: list[str], directory: str) -> str:
@@ -143,11 +146,10 @@ class Zygote:
     def __init__(self, sock: socket.socket, command: list[str]) -> None:
         self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
-        self.generation = 0  # bumped by whatever a spare forked earlier would lack
-        self.spare: Spare | None = None
+        self.spares: collections.deque[Spare] = collections.deque()  # in announced order
         # Spares not (yet) given a request: their exits are nobody's business. Every
-        # other child is reported, even one reaped before its pid was sent (a SIGCHLD
-        # handler already due runs wherever the code is): the worker files it by pid.
+        # other child is reported, even one reaped before it ran (a SIGCHLD handler
+        # already due runs wherever the code is): the worker files it by pid.
         self.idle_spares: set[int] = set()
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
@@ -167,53 +169,42 @@ class Zygote:
             except OSError:
                 pass  # the worker is gone; the main loop sees it
 
+    def top_up(self) -> None:
+        """Fork spares until there are SPARES, each announced to the worker, which sends
+        each request with the next spare's pid in mind: so no request waits for a
+        fork, nor for an answer."""
+        while len(self.spares) < SPARES:
+            spare = Spare(self)
+            self.spares.append(spare)
+            self.idle_spares.add(spare.pid)
+            self.sock.send(b"spare\0%d" % spare.pid)
+
     def handle(self, fields: list[bytes], fds: list[int]) -> None:
-        if fields[0] != b"run" or len(fds) != 3 or len(fields) < 3:
-            _close(fds)
-            self.sock.send(b"cold\0malformed request to the zygote")
-            return
+        """``run``: the next spare takes the request (a spare that has died loses it:
+        the worker sees its exit and no output). Then the script is compiled here, if it
+        is new, for the spares to come, and a spare is forked for the next request."""
         try:
-            self.run(fields, fds)
+            spare = self.spares.popleft() if self.spares else None
+            if fields[0] == b"run" and len(fds) == 3 and spare is not None:
+                self.idle_spares.discard(spare.pid)  # before it can run, and so exit
+                spare.take(fields[1:], fds)
         finally:
             _close(fds)  # before a spare is forked: no request's pipe may stay open in it
-        if self.spare is None:  # forked now, while the script runs
-            self.spare = Spare(self)
-            self.idle_spares.add(self.spare.pid)
-            self.sock.send(b"spare\0%d" % self.spare.pid)  # if we die, our worker reaps it
-
-    def run(self, fields: list[bytes], fds: list[int]) -> None:
         try:
-            script = self.compiled(os.fsdecode(fields[1]))
-        except (OSError, SyntaxError, ValueError) as exc:
-            self.sock.send(b"cold\0" + _text(f"it does not compile: {exc}"))
-            return
-        pid = self.hand(script, fields[2:], fds)
-        self.sock.send(b"pid\0%d" % pid)
+            self.compiled(os.fsdecode(fields[1 + int(fields[1])]))  # run count argv... cwd
+        except (IndexError, OSError, SyntaxError, ValueError):
+            pass  # the spare finds out too, and runs it cold
+        self.top_up()
 
-    def release_spare(self) -> None:
-        """Let the spare go and reap it (at exit: or it would be a zombie elsewhere)."""
-        spare, self.spare = self.spare, None
-        if spare is not None:
+    def release_spares(self) -> None:
+        """Let the spares go and reap them (at exit: or they would be zombies elsewhere)."""
+        while self.spares:
+            spare = self.spares.popleft()
             spare.sock.close()
             try:
                 os.waitpid(spare.pid, 0)
             except ChildProcessError:
                 pass
-
-    def hand(self, script: Script, request: list[bytes], fds: list[int]) -> int:
-        """Give the request (cwd, env...) to the spare child if it is current, else fork
-        one for it."""
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            self.idle_spares.discard(spare.pid)  # before it can run, and so exit
-            if spare.generation == self.generation and spare.take(script.path, request, fds):
-                return spare.pid
-            spare.sock.close()  # it exits when it reads the end of its socket
-        pid = _fork()
-        if pid == 0:
-            _detach()
-            _become(script, os.fsdecode(request[0]), request[1:], fds, self.command)
-        return pid
 
     def compiled(self, path: str) -> Script:
         """The script's code and directory, once per version of the file."""
@@ -226,7 +217,6 @@ class Zygote:
             source = f.read()
         code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
         script = Script(code, path, os.path.dirname(os.path.realpath(path)))
-        self.generation += 1
         self.codes[path] = (key, script)
         return script
 
@@ -248,22 +238,21 @@ class Spare:
     socket of its own for that request, so that a request waits for no fork."""
 
     def __init__(self, zygote: Zygote) -> None:
-        self.generation = zygote.generation
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = _fork()
         if self.pid == 0:
-            self.sock.close()  # or the spare would hold the end whose close frees it
+            for each in (self.sock, *(spare.sock for spare in zygote.spares)):
+                each.close()  # or it would hold the ends whose close frees it and others
             _wait_as_spare(theirs, zygote)
         theirs.close()
 
-    def take(self, path: str, request: list[bytes], fds: list[int]) -> bool:
+    def take(self, request: list[bytes], fds: list[int]) -> None:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            self.sock.sendmsg([b"\0".join([os.fsencode(path), *request])], rights)
+            self.sock.sendmsg([b"\0".join(request)], rights)
         except OSError:
-            return False  # it has died
+            pass  # it has died: its exit tells the worker
         self.sock.close()
-        return True
 
 
 def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
@@ -275,9 +264,30 @@ def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
         os._exit(0)
     if not message:
         os._exit(0)  # the zygote let it go
-    path, cwd, *env = message.split(b"\0")
-    script = zygote.codes[os.fsdecode(path)][1]  # current: its generation was checked
+    count, *fields = message.split(b"\0")
+    argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
+    try:  # compiled in the zygote before this spare was forked, unless new or changed
+        script = zygote.compiled(os.fsdecode(argv[-1]))
+    except (OSError, SyntaxError, ValueError) as exc:
+        _exec_cold(argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}")
     _become(script, os.fsdecode(cwd), env, fds, zygote.command)
+
+
+def _exec_cold(argv: list[bytes], cwd: str, env: list[bytes], fds: list[int], why: str) -> None:
+    """Run the script as the cold path would (exec), saying why on its stderr (the
+    server's log): what a spare does with a script it cannot run itself."""
+    status = 127
+    try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(cwd)
+        os.write(2, why.encode("utf-8", "replace") + b"\n")
+        environ = dict(entry.partition(b"=")[::2] for entry in env)
+        os.execve(argv[0], argv, environ)
+    except BaseException as exc:
+        os.write(2, f"cannot start: {exc}\n".encode("utf-8", "replace"))
+    os._exit(status)
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:

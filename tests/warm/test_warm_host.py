@@ -14,6 +14,7 @@ import pytest
 
 from cgikit import warm_spawn
 from cgikit.cgi_host import CGIHost
+from cgikit.warm_zygote import SPARES
 from host.hostkit import FAST, call, write_script
 
 PY = sys.executable
@@ -204,12 +205,12 @@ def test_the_zygote_has_no_threads_and_no_descriptor_but_its_own(warm_host: CGIH
     fds = {
         int(fd): os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")
     }
-    # Its socket to us, one to the spare child it forked ahead of the next request, and
-    # its signal wake-up pipe; none reaches a script (test_each_request_gets_fresh_state:
-    # no fd above 2 there).
+    # Its socket to us, one to each spare child it forked ahead of the next requests,
+    # and its signal wake-up pipe; none reaches a script (test_each_request_gets_fresh
+    # _state: no fd above 2 there).
     sockets = [fd for fd in fds if fds[fd].startswith("socket:")]
     pipes = [fd for fd in fds if fds[fd].startswith("pipe:")]
-    assert 1 <= len(sockets) <= 2 and len(pipes) == 2
+    assert len(sockets) == 1 + SPARES and len(pipes) == 2
     assert {fd for fd in fds if fd > 2} == {*sockets, *pipes}
     assert all(fds[fd] == "/dev/null" for fd in (0, 1))
 
@@ -321,7 +322,7 @@ def test_scripts_and_preloads_that_cannot_be_imported_run_cold(tmp_path: Path) -
         text = "".join(logs)
         assert text.count("preload cgikit_no_such_module failed: ModuleNotFoundError") == 1
         assert call(host, "/needs.py").log == ""
-        assert spawner.forks == 0
+        assert spawner.forks == 1  # broken.py's spare, which exec'd it
     finally:
         warm_spawn.close_all()
 
