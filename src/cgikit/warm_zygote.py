@@ -51,7 +51,8 @@ import types
 from importlib.machinery import SourceFileLoader
 
 MAX_MESSAGE = 1 << 20
-SPARES = 2  # children forked ahead of requests
+SPARES = 6  # children forked ahead of requests, at most
+SPARES_LOW = 2  # and at least
 # Whether this interpreter gives ``__main__`` an ``__annotations__`` dict before the
 # script runs (3.11-3.13 do): looked at in our own ``__main__``, before any import.
 _ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
@@ -170,9 +171,13 @@ class Zygote:
                 pass  # the worker is gone; the main loop sees it
 
     def top_up(self) -> None:
-        """Fork spares until there are SPARES, each announced to the worker, which sends
-        each request with the next spare's pid in mind: so no request waits for a
-        fork, nor for an answer."""
+        """Below SPARES_LOW spares, fork them up to SPARES, each announced to the worker,
+        which sends each request with the next spare's pid in mind: so no request waits
+        for a fork, nor for an answer. In batches: after a fork, each page the zygote
+        writes is copied (shared with the new child); between batches it copies its
+        working set once, not once per request."""
+        if len(self.spares) >= SPARES_LOW:
+            return
         while len(self.spares) < SPARES:
             spare = Spare(self)
             self.spares.append(spare)

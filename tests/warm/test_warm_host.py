@@ -14,7 +14,7 @@ import pytest
 
 from cgikit import warm_spawn
 from cgikit.cgi_host import CGIHost
-from cgikit.warm_zygote import SPARES
+from cgikit.warm_zygote import SPARES, SPARES_LOW
 from host.hostkit import FAST, call, write_script
 
 PY = sys.executable
@@ -210,7 +210,7 @@ def test_the_zygote_has_no_threads_and_no_descriptor_but_its_own(warm_host: CGIH
     # _state: no fd above 2 there).
     sockets = [fd for fd in fds if fds[fd].startswith("socket:")]
     pipes = [fd for fd in fds if fds[fd].startswith("pipe:")]
-    assert len(sockets) == 1 + SPARES and len(pipes) == 2
+    assert 1 + SPARES_LOW <= len(sockets) <= 1 + SPARES and len(pipes) == 2
     assert {fd for fd in fds if fd > 2} == {*sockets, *pipes}
     assert all(fds[fd] == "/dev/null" for fd in (0, 1))
 
