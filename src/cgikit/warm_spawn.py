@@ -1,17 +1,18 @@
 """Warm mode's spawner: a Python script forked from a warm parent, not exec'd (issue 5).
 
 ``WarmSpawner.spawn`` is tried before the cold spawn (``posix_spawn`` / Popen) when a
-host runs with ``warm``. For a script ``warm_plan`` accepts, it asks the script's
-zygote (``warm_zygote``, one per interpreter command and set of the scripts' own
-preloads, with their directory; started on first use with the
-server's allow-listed environment) to fork a child onto the request's pipes, and
-returns a ``WarmChild``: what ``ProcessGroup``, ``cgi_runner`` and ``script_task``
-already drive (pid = process group, non-blocking pipe ends). Anything that keeps a
-script from running warm gives ``None``, and the caller runs it cold, so no request is
-lost to warm mode: a zygote still starting or importing its preloads, a script that
-does not compile, a preload that fails (both logged once per version of the
-script), a zygote that has died (logged; a new one is started, at most once every
-``RESTART_DELAY`` seconds for an interpreter whose zygote keeps dying young).
+host runs with ``warm``. For a script ``warm_plan`` accepts, it sends the request's
+pipes, argv, directory and environment to the script's zygote (``warm_zygote``, one per
+interpreter command and set of the scripts' own preloads, with their directory;
+started on first use with the server's allow-listed environment), where the next of
+the children it forked ahead (whose pid it announced) runs the script; and returns a
+``WarmChild``: what ``ProcessGroup``, ``cgi_runner`` and ``script_task`` already
+drive (pid = process group, non-blocking pipe ends). Anything that keeps a script from
+running warm gives ``None``, and the caller runs it cold, so no request is lost to
+warm mode: a zygote still starting, one whose preloads failed (logged once), one that
+has died (logged; a new one is started, at most once every ``RESTART_DELAY`` seconds
+for one that keeps dying young). A script that does not compile is exec'd by the
+child, as cold, with the reason in the log.
 
 The child is the zygote's, not ours: its exit is seen through a pidfd (readable once
 it has exited, whoever its parent), and its status is the one the zygote reports when

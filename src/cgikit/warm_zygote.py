@@ -1,35 +1,39 @@
 """The warm parent ("zygote") of warm mode: a program, run by a script's own interpreter.
 
-``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD MINE DIR`` with
-the server's allow-listed environment, one per interpreter command and set of script
+``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD MINE DIR`` with the
+server's allow-listed environment, one per interpreter command and set of script
 preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
 (so a thin script's app module beside it is built once, here), tells its worker
-``ready`` over the SOCK_SEQPACKET socket FD, then for each request
-forks a child that runs the script as ``__main__`` with exactly the CGI contract of a
-cold run: a new session (its own process group), fd 0/1/2 the request's pipes and no
-other descriptor, the request's environment and nothing else, the script's directory
-as working directory and first ``sys.path`` entry, ``sys.argv`` = [script]. The child
-ends as an interpreter would: ``SystemExit``'s code, a traceback and status 1 for an
-uncaught exception, non-daemon threads joined, atexit handlers run, stdout flushed
-(status 120 if that fails). Then ``os._exit``: the rest of a full finalization would
-touch, and so copy, every page shared with the zygote.
+``ready`` over the SOCK_SEQPACKET socket FD, and forks "spares" ahead of requests,
+announced to the worker by pid. Each request goes to the next spare, which runs the
+script as ``__main__`` with exactly the CGI contract of a cold run: a new session (its
+own process group), fd 0/1/2 the request's pipes and no other descriptor, the request's
+environment and nothing else, the script's directory as working directory and first
+``sys.path`` entry, ``sys.argv`` = [script]. The child ends as an interpreter would:
+``SystemExit``'s code, a traceback and status 1 for an uncaught exception, non-daemon
+threads joined, atexit handlers run, stdout flushed (status 120 if that fails). Then
+``os._exit``: the rest of a full finalization would touch, and so copy, every page
+shared with the zygote.
 
-What a cold run would do and the zygote does not: start a new interpreter (so its
-hash seed is the zygote's; ``random`` is reseeded at the fork by its own at-fork hook),
-and re-import the preloaded modules (their import-time side effects happened once).
+What a cold run would do and the zygote does not: start a new interpreter (so its hash
+seed is the zygote's; ``random`` is reseeded at the fork by its own at-fork hook), and
+re-import the preloaded modules (their import-time side effects happened once).
 
-The zygote has no threads and holds no descriptor but 0-2 (/dev/null) and its socket:
-no server socket or other request's pipe can reach a child, which closes everything
-above 2 anyway. It reaps its children on SIGCHLD (the handler runs between bytecodes,
-so even while a preload is importing) and tells the worker each one's wait status.
+The zygote has no threads and holds no descriptor but 0-2 (/dev/null), its socket, its
+spares' sockets and its signal wake-up pipe: no server socket or other request's pipe
+can reach a child, which closes everything above 2 anyway. A script the spare cannot
+compile is exec'd (cold, as it would have been), the reason on its stderr. It reaps its
+children on SIGCHLD (the handler runs between bytecodes, so even while a preload is
+importing) and tells the worker each one's wait status.
 
 Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs it):
-  worker -> zygote  ``run`` path cwd k=v... (+3 descriptors)
+  worker -> zygote  ``run`` count argv... cwd k=v... (+3 descriptors); no answer:
+                    the next announced spare runs it
   zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
-                    ``pid`` N | ``cold`` reason (the script does not compile)
+                    ``spare`` pid (a child forked ahead, to take a coming request)
                     ``exit`` pid status (at any time: a child was reaped)
-                    ``spare`` pid (a child forked ahead of the next request)
+
 """
 
 from __future__ import annotations
