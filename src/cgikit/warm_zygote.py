@@ -73,13 +73,13 @@ def main() -> None:
         _drain_until_closed(sock)  # runs nothing; exits when the worker lets it go
         return
     zygote = Zygote(sock, command)
-    zygote.top_up()
-    signal.signal(signal.SIGCHLD, zygote.reap)
+    signal.signal(signal.SIGCHLD, zygote.reap)  # before any child: none goes unreaped
     # A SIGCHLD that comes just before a blocking recvmsg would wait, handler and all,
     # for the next message (and the worker for the exit status): so the C handler
     # writes to a pipe that is polled with the socket.
     wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
+    zygote.top_up()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wakeup, select.POLLIN)
@@ -152,10 +152,6 @@ class Zygote:
         self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
         self.spares: collections.deque[Spare] = collections.deque()  # in announced order
-        # Spares not (yet) given a request: their exits are nobody's business. Every
-        # other child is reported, even one reaped before it ran (a SIGCHLD handler
-        # already due runs wherever the code is): the worker files it by pid.
-        self.idle_spares: set[int] = set()
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
@@ -166,9 +162,8 @@ class Zygote:
                 return
             if not pid:
                 return
-            if pid in self.idle_spares:
-                self.idle_spares.discard(pid)
-                continue
+            # Every child, even a spare not yet given its request: the worker may have
+            # sent it one, and killed it (its client went away), before it got here.
             try:
                 self.sock.send(b"exit\0%d\0%d" % (pid, status))
             except OSError:
@@ -182,11 +177,17 @@ class Zygote:
         working set once, not once per request."""
         if len(self.spares) >= SPARES_LOW:
             return
-        while len(self.spares) < SPARES:
-            spare = Spare(self)
-            self.spares.append(spare)
-            self.idle_spares.add(spare.pid)
-            self.sock.send(b"spare\0%d" % spare.pid)
+        forked: list[Spare] = []
+        while len(self.spares) + len(forked) < SPARES:
+            forked.append(Spare(self, [*self.spares, *forked]))
+        for spare in forked:
+            # Announced once it leads its own session: the worker may signal its group
+            # as soon as it knows the pid (a client that goes away at once).
+            if spare.sock.recv(1) == b"k":
+                self.spares.append(spare)
+                self.sock.send(b"spare\0%d" % spare.pid)
+            else:
+                spare.sock.close()
 
     def handle(self, fields: list[bytes], fds: list[int]) -> None:
         """``run``: the next spare takes the request (a spare that has died loses it:
@@ -195,7 +196,6 @@ class Zygote:
         try:
             spare = self.spares.popleft() if self.spares else None
             if fields[0] == b"run" and len(fds) == 3 and spare is not None:
-                self.idle_spares.discard(spare.pid)  # before it can run, and so exit
                 spare.take(fields[1:], fds)
         finally:
             _close(fds)  # before a spare is forked: no request's pipe may stay open in it
@@ -246,11 +246,11 @@ class Spare:
     """A child forked ahead of the next request: it waits, in its own session, on a
     socket of its own for that request, so that a request waits for no fork."""
 
-    def __init__(self, zygote: Zygote) -> None:
+    def __init__(self, zygote: Zygote, others: list[Spare]) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = _fork()
         if self.pid == 0:
-            for each in (self.sock, *(spare.sock for spare in zygote.spares)):
+            for each in (self.sock, *(spare.sock for spare in others)):
                 each.close()  # or it would hold the ends whose close frees it and others
             _wait_as_spare(theirs, zygote)
         theirs.close()
@@ -266,8 +266,9 @@ class Spare:
 
 def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
     """The spare's life: its request, then the script's run (never returns)."""
-    _detach()  # now: its group can be signalled as soon as its pid is known
     try:
+        _detach()  # before it is announced: its group can be signalled from then on
+        sock.send(b"k")
         message, fds = _receive(sock)
     except BaseException:
         os._exit(0)

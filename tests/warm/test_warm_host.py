@@ -409,3 +409,28 @@ def test_a_module_next_to_the_script_can_be_preloaded_and_built_once(tmp_path: P
         assert call(cold, "/thin.py").body == b"False 1\n"  # cold: built by the script
     finally:
         warm_spawn.close_all()
+
+
+def test_a_child_killed_at_once_reports_its_exit_at_once(tmp_path: Path) -> None:
+    """A client that goes away at once gets its script's group killed, perhaps before
+    the zygote has handed the request to the spare: its exit must still be reported
+    (it once was not: the worker waited 5 s, its event loop with it)."""
+    root = tmp_path / "cgi"
+    script = write_script(root, "slow.py", PY, "import time\ntime.sleep(5)")
+    spawner = CGIHost(root, warm=True, **FAST).warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(script)], print)
+        env = {b"PATH": b"/usr/bin:/bin"}
+        for _ in range(20):
+            child = spawner.spawn([str(script)], env, str(root), null_stdin=False, log=print)
+            assert child is not None
+            os.killpg(child.pid, signal.SIGTERM)
+            started = time.monotonic()
+            assert child.wait() == -signal.SIGTERM
+            assert time.monotonic() - started < 1.0
+            for fd in (child.stdin, child.stdout, child.stderr):
+                assert fd is not None
+                os.close(fd)
+    finally:
+        warm_spawn.close_all()
