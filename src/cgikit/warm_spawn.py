@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Final
 
 from cgikit import posix_spawn
@@ -41,7 +42,19 @@ from cgikit.warm_plan import HEAD_BYTES, Cold, WarmPlan, plan
 
 __all__ = ["WarmChild", "WarmSpawner", "available", "close_all", "spawner"]
 
-ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_zygote.py")
+# The zygote's program, read now and handed over on a pipe: a server started as root
+# reads it before it gives root up, and the user it then runs scripts as may not be
+# able to read the file (a checkout in a private directory). The command line stays
+# short: a loader that reads the pipe, named so that ps shows what the process is.
+ZYGOTE_SOURCE: Final = (Path(__file__).parent / "warm_zygote.py").read_bytes()
+_LOADER: Final = (
+    "import os, sys  # cgikit warm_zygote\n"
+    "fd, code = int(sys.argv.pop(1)), b''\n"
+    "while chunk := os.read(fd, 65536):\n"
+    "    code += chunk\n"
+    "os.close(fd)\n"
+    "exec(compile(code, 'cgikit-warm-zygote', 'exec'))\n"
+)
 REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for dead
 RESTART_DELAY: Final = 5.0
 _MAX_MESSAGE: Final = 1 << 20
@@ -109,10 +122,14 @@ class Zygote:
         self.name = " ".join(command) + (f" (preload {','.join(mine)})" if mine else "")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
+        source, source_w = os.pipe()
         try:
+            os.write(source_w, ZYGOTE_SOURCE)  # less than a pipe holds: no wait
+            os.close(source_w)
+            args = [str(source), *_args(theirs.fileno(), preload, mine, directory)]
             self.proc = subprocess.Popen(
-                [*command, ZYGOTE_FILE, str(theirs.fileno()), *_csv(preload, mine), directory],
-                pass_fds=(theirs.fileno(),),
+                [*command, "-c", _LOADER, *args],
+                pass_fds=(theirs.fileno(), source),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env=env,
@@ -124,6 +141,7 @@ class Zygote:
             raise
         finally:
             theirs.close()
+            os.close(source)
         self.sock = ours
         self.started = time.monotonic()
         self.ready = False
@@ -132,6 +150,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._statuses: dict[int, int] = {}
         self.spares: collections.deque[int] = collections.deque()
+        self.forked: set[int] = set()  # its spares not given a request yet, ready or not
 
     def check(self) -> bool:
         """Whether it takes a request now (``ready`` read, without waiting).
@@ -164,7 +183,9 @@ class Zygote:
             if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
                 raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")
             self.sock.sendmsg([b"\0".join(fields)], rights)
-            return self.spares.popleft()
+            pid = self.spares.popleft()
+            self.forked.discard(pid)
+            return pid
 
     def exit_code(self, pid: int) -> int:
         """The exit code of its child ``pid``, which has exited (Popen's convention)."""
@@ -200,6 +221,8 @@ class Zygote:
         if kind == b"exit":
             pid, _, status = text.partition(b"\0")
             self._statuses[int(pid)] = int(status)
+        elif kind == b"forked":
+            self.forked.add(int(text))
         elif kind == b"spare":
             self.spares.append(int(text))
         elif kind == b"ready":
@@ -209,11 +232,16 @@ class Zygote:
         else:
             raise ConnectionError(f"unexpected message {kind!r}")
 
+    def read_pending(self) -> None:
+        """File what it sent and was not read yet (it may have died since)."""
+        with self._lock, contextlib.suppress(OSError):
+            self._pump(0.0, lambda: False)
+
     def reap_spares(self) -> None:
         """After its death: its spare children, orphaned, exit at once (their sockets'
         end); reaped here if they came to us (a subreaper), not left as zombies."""
         deadline = time.monotonic() + 1.0
-        for pid in self.spares:
+        for pid in self.forked:
             while time.monotonic() < deadline:
                 try:
                     if os.waitpid(pid, os.WNOHANG)[0]:
@@ -338,6 +366,7 @@ class WarmSpawner:
         if time.monotonic() - zygote.started < RESTART_DELAY:  # it dies young: wait
             self._retry_at[zygote.key] = time.monotonic() + RESTART_DELAY
         zygote.proc.kill()  # by its pid: it is our child
+        zygote.read_pending()  # the spares it named before it died
         zygote.close()
         zygote.reap_spares()
 
@@ -349,8 +378,9 @@ class WarmSpawner:
             zygote.close()
 
 
-def _csv(*names: Sequence[str]) -> list[str]:
-    return [",".join(each) for each in names]
+def _args(fd: int, preload: Sequence[str], mine: Sequence[str], directory: str) -> list[str]:
+    """The zygote's arguments: its socket, the host's preloads, the scripts', their dir."""
+    return [str(fd), ",".join(preload), ",".join(mine), directory]
 
 
 def _key(how: WarmPlan, argv: Sequence[str]) -> ZygoteKey:

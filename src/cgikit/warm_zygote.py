@@ -1,6 +1,6 @@
 """The warm parent ("zygote") of warm mode: a program, run by a script's own interpreter.
 
-``warm_spawn`` starts it as ``<#! command> warm_zygote.py FD PRELOAD MINE DIR`` with the
+``warm_spawn`` starts it as ``<#! command> -c LOADER FD PRELOAD MINE DIR`` with the
 server's allow-listed environment, one per interpreter command and set of script
 preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
@@ -31,7 +31,9 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
   worker -> zygote  ``run`` count argv... cwd k=v... (+3 descriptors); no answer:
                     the next announced spare runs it
   zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
-                    ``spare`` pid (a child forked ahead, to take a coming request)
+                    ``forked`` pid (a spare, not ready yet: if the zygote dies, the
+                    worker reaps it), then ``spare`` pid (it is ready, to take a
+                    coming request)
                     ``exit`` pid status (at any time: a child was reaped)
 
 """
@@ -63,9 +65,9 @@ _ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
 
 
 def main() -> None:
-    del sys.path[0]  # this file's directory (cgikit's package) is nothing to scripts
-    orig = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
-    command = orig[: len(orig) - len(sys.argv)]  # the interpreter and its flags
+    del sys.path[0]  # "" for -c: the zygote's directory is nothing to scripts
+    orig = getattr(sys, "orig_argv", [sys.executable, "-c"])
+    command = orig[: len(orig) - 1 - orig[::-1].index("-c")]  # the interpreter, its flags
     sock = socket.socket(fileno=int(sys.argv[1]))
     failure = _preload(sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])
     sock.send(b"fail\0" + _text(failure) if failure else b"ready")
@@ -180,6 +182,7 @@ class Zygote:
         forked: list[Spare] = []
         while len(self.spares) + len(forked) < SPARES:
             forked.append(Spare(self, [*self.spares, *forked]))
+            self.sock.send(b"forked\0%d" % forked[-1].pid)  # if we die, the worker reaps it
         for spare in forked:
             # Announced once it leads its own session: the worker may signal its group
             # as soon as it knows the pid (a client that goes away at once).
