@@ -82,10 +82,11 @@ print("Content-Type: text/plain")
 print()
 print("zygote" if forked else "exec")
 """
-# The recommended shape: a thin script, the app in a module beside it that the zygote
-# imports (and so builds) once; cold, the script imports it on every request.
+# The recommended shape (docs/warm.md): a thin script, the app in a module beside it
+# that the zygote imports (and so builds) once, with what werkzeug imports lazily while
+# it handles a request; cold, the script imports it all on every request.
 FLASK_APP_SCRIPT = """#!{python}
-# cgikit-preload: cgikit, flask_hello
+# cgikit-preload: cgikit, flask_hello, encodings.idna
 import cgikit
 from flask_hello import app
 

@@ -44,6 +44,11 @@ __all__ = [
     "run_gateway",
 ]
 
+# What ``run`` imports only when it runs (so that ``import cgikit`` stays cheap for a
+# cold CGI script): a warm-mode zygote that preloads cgikit imports these too, since
+# each forked child would otherwise import them again (docs/warm.md).
+__cgikit_preload__ = ("cgikit.wsgi_request", "cgikit.wsgi_response")
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

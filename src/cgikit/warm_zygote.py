@@ -119,7 +119,13 @@ def _preload(host: list[str], mine: list[str], directory: str) -> str:
     return ""
 
 
-def _import(name: str) -> None:
+def _import(name: str, seen: set[str] | None = None) -> None:
+    """Import ``name``, then what it lists in ``__cgikit_preload__``: the modules it
+    imports only when used, which every child would otherwise import again."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return
+    seen.add(name)
     try:
         __import__(name)
     except BaseException as exc:  # SystemExit and all: a preload must not end the zygote
@@ -128,6 +134,10 @@ def _import(name: str) -> None:
         # A fork copies only the forking thread: a lock another thread held would stay
         # locked for ever in every child. Such a zygote must not fork at all.
         raise ImportError(f"preload {name} started a thread (forking would be unsafe)")
+    lazy = getattr(sys.modules[name], "__cgikit_preload__", ())
+    for each in lazy if isinstance(lazy, (list, tuple)) else ():
+        if isinstance(each, str):
+            _import(each, seen)
 
 
 def _drain_until_closed(sock: socket.socket) -> None:

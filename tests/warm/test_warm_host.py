@@ -15,7 +15,7 @@ import pytest
 from cgikit import warm_spawn
 from cgikit.cgi_host import CGIHost
 from cgikit.warm_zygote import SPARES, SPARES_LOW
-from host.hostkit import FAST, call, write_script
+from host.hostkit import FAST, SRC, call, write_script
 
 PY = sys.executable
 pytestmark = pytest.mark.skipif(not warm_spawn.available(), reason="warm mode is Linux-only")
@@ -434,3 +434,56 @@ def test_a_child_killed_at_once_reports_its_exit_at_once(tmp_path: Path) -> None
                 os.close(fd)
     finally:
         warm_spawn.close_all()
+
+
+def test_a_preloaded_module_names_what_it_imports_lazily(tmp_path: Path) -> None:
+    root = tmp_path / "cgi"
+    root.mkdir()
+    (root / "cgikit_lazy_parent.py").write_text(
+        '__cgikit_preload__ = ("cgikit_lazy_child",)\n'
+        "def use():\n    import cgikit_lazy_child\n    return cgikit_lazy_child\n"
+    )
+    (root / "cgikit_lazy_child.py").write_text("import os\nbuilt_in = os.getpid()\n")
+    write_script(
+        root,
+        "lazy.py",
+        PY,
+        """\
+        # cgikit-preload: cgikit_lazy_parent
+        import os
+        import cgikit_lazy_parent
+        print("Content-Type: text/plain\\n")
+        print(cgikit_lazy_parent.use().built_in == os.getppid())
+        """,
+    )
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "lazy.py")], print)
+        assert call(host, "/lazy.py").body == b"True\n"  # imported in the zygote
+    finally:
+        warm_spawn.close_all()
+
+
+def test_cgikit_names_the_modules_its_run_imports() -> None:
+    """What ``cgikit.run`` imports when it runs is what cgikit asks a zygote to preload."""
+    import subprocess
+
+    import cgikit
+
+    code = (
+        "import sys, cgikit\n"
+        "before = set(sys.modules)\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'x']\n"
+        "cgikit.run(app)\n"
+        "sys.stderr.write(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {"GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": "GET", "PYTHONPATH": str(SRC)}
+    env |= {"SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "x", "SERVER_PORT": "80"}
+    done = subprocess.run([PY, "-c", code], env=env, capture_output=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith(b"Status: 200")
+    imported = {name for name in done.stderr.decode().split() if name.startswith("cgikit")}
+    assert imported == set(cgikit.__cgikit_preload__)
