@@ -3,7 +3,7 @@
 wrk on loopback, side by side in one run: a print hello CGI script and a Flask hello CGI
 script, each through ``cgikit serve`` (cold: a new interpreter per request) and through
 ``cgikit serve --warm`` (forked from a pre-started interpreter that has imported Flask,
-asked for by the script's ``# cgikit-preload: flask`` line); and the same Flask app
+asked for by the script's ``# cgikit-preload: flask, ...`` line); and the same Flask app
 through nginx to ``cgikit run --fastcgi`` (2 workers, as in gateways.py). Every server
 runs on its own free 127.0.0.1 port for the whole run and must answer every target with
 the hello body before anything is timed. Then each target gets short wrk bursts as
@@ -72,7 +72,9 @@ import cgikit
 
 cgikit.run(app)
 """
-FLASK_SCRIPT = "#!{python}\n# cgikit-preload: flask\n" + FLASK_APP + FLASK_MAIN  # same app
+FLASK_SCRIPT = (
+    "#!{python}\n# cgikit-preload: flask, cgikit, encodings.idna\n" + FLASK_APP + FLASK_MAIN
+)
 PROBE_SCRIPT = """#!{python}
 import os
 
@@ -365,8 +367,9 @@ def method(args: argparse.Namespace, elapsed: float) -> str:
         f" ({', '.join(TARGETS)}, reversed every other round); req/s per round, and the"
         f" median over the rounds of req/s, p50 and p99; {elapsed:.0f} s in all. Two"
         f" `cgikit serve --workers {WORKERS} --env PYTHONPATH=src` on one site, the second"
-        f" with `--warm` and no `--preload`: the Flask script asks for Flask itself with a"
-        f" `# cgikit-preload: flask` line under its #! line. The scripts' #! interpreter,"
+        f" with `--warm` and no `--preload`: the Flask scripts ask for what they import with"
+        f" a `# cgikit-preload:` line under the #! line (flask, cgikit, encodings.idna; the"
+        f" thin one its app module instead of flask). The scripts' #! interpreter,"
         f" and the servers', is {python}; the Flask script is asked for as"
         f" /cgi-bin/hello-flask/ (PATH_INFO /, the app's route) and ends in"
         f" `cgikit.run(app)`. FastCGI: nginx (worker_processes auto, access_log off,"
