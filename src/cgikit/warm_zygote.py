@@ -164,6 +164,7 @@ class Zygote:
         self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
         self.spares: collections.deque[Spare] = collections.deque()  # in announced order
+        self.starting: list[Spare] = []  # forked, not ready yet
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
@@ -189,11 +190,12 @@ class Zygote:
         working set once, not once per request."""
         if len(self.spares) >= SPARES_LOW:
             return
-        forked: list[Spare] = []
+        forked = self.starting
         while len(self.spares) + len(forked) < SPARES:
             forked.append(Spare(self, [*self.spares, *forked]))
             self.sock.send(b"forked\0%d" % forked[-1].pid)  # if we die, the worker reaps it
-        for spare in forked:
+        while forked:
+            spare = forked.pop(0)
             # Announced once it leads its own session: the worker may signal its group
             # as soon as it knows the pid (a client that goes away at once).
             if spare.sock.recv(1) == b"k":
@@ -220,8 +222,8 @@ class Zygote:
 
     def release_spares(self) -> None:
         """Let the spares go and reap them (at exit: or they would be zombies elsewhere)."""
-        while self.spares:
-            spare = self.spares.popleft()
+        while self.spares or self.starting:
+            spare = self.spares.popleft() if self.spares else self.starting.pop()
             spare.sock.close()
             try:
                 os.waitpid(spare.pid, 0)
