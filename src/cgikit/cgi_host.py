@@ -194,6 +194,7 @@ class CGIHost:
             raise NotADirectoryError(f"not a directory: {self.directory!r}")
         # What of the server's own environment a script may see (research §3 row 11):
         # filtered once here, not per request (the filter gives the same on its result).
+        self._warm: tuple[int, warm_spawn.WarmSpawner] | None = None
         self._server_environ = inherited_environ(
             {
                 os.fsencode(k).decode("latin-1"): os.fsencode(v).decode("latin-1")
@@ -265,12 +266,15 @@ class CGIHost:
         return Launch(script, argv, env, cwd, _is_nph(script), self.warm_spawner())
 
     def warm_spawner(self) -> warm_spawn.WarmSpawner | None:
-        """This process's warm-mode spawner for the host, if ``warm`` is on (and can be)."""
+        """This process's warm-mode spawner for the host, if ``warm`` is on (and can be);
+        looked up once per process (a forked worker gets its own)."""
         if not (self.settings.warm and warm_spawn.available()):
             return None
-        env = dict(self._server_environ)
-        env.update(self.settings.env)  # the zygote starts with what every script gets
-        return warm_spawn.spawner(self.settings.preload, env)
+        if self._warm is None or self._warm[0] != os.getpid() or self._warm[1].closed:
+            env = dict(self._server_environ)
+            env.update(self.settings.env)  # the zygote starts with what every script gets
+            self._warm = os.getpid(), warm_spawn.spawner(self.settings.preload, env)
+        return self._warm[1]
 
     def _start(
         self, request: HostRequest, log: Log

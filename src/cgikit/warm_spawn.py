@@ -271,6 +271,7 @@ class WarmSpawner:
         self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold]] = {}
         self._lock = threading.Lock()
         self.forks = 0  # scripts run warm, for tests and benchmarks
+        self.closed = False
 
     def spawn(
         self, argv: Sequence[str], env: dict[bytes, bytes], cwd: str, *, null_stdin: bool, log: Log
@@ -373,7 +374,7 @@ class WarmSpawner:
     def close(self) -> None:
         """Stop every zygote (scripts already forked run on)."""
         with self._lock:
-            zygotes, self._zygotes = list(self._zygotes.values()), {}
+            zygotes, self._zygotes, self.closed = list(self._zygotes.values()), {}, True
         for zygote in zygotes:
             zygote.close()
 
