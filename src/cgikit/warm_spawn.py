@@ -57,6 +57,9 @@ _LOADER: Final = (
 )
 REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for dead
 RESTART_DELAY: Final = 5.0
+# How long a request waits for its zygote to start before it runs cold: none, so that
+# no request waits on an import (tests set it, to run every script warm).
+START_WAIT = 0.0
 _MAX_MESSAGE: Final = 1 << 20
 Log = Callable[[str], None]
 Fds = tuple[int, int, int]
@@ -350,7 +353,7 @@ class WarmSpawner:
                 self._retry_at[key] = time.monotonic() + RESTART_DELAY
                 return None
         try:
-            ready = zygote.check()
+            ready = zygote.check() or (START_WAIT > 0 and zygote.wait_ready(START_WAIT))
         except ConnectionError as exc:
             self._drop(zygote, str(exc), log)
             return None
