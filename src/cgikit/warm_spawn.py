@@ -55,7 +55,7 @@ _LOADER: Final = (
     "os.close(fd)\n"
     "exec(compile(code, 'cgikit-warm-zygote', 'exec'))\n"
 )
-REPLY_TIMEOUT: Final = 5.0  # a zygote that takes longer to fork is taken for dead
+REPLY_TIMEOUT: Final = 5.0  # a zygote slower to name a spare or an exit is taken for dead
 RESTART_DELAY: Final = 5.0
 # How long a request waits for its zygote to start before it runs cold: none, so that
 # no request waits on an import (tests set it, to run every script warm).
