@@ -15,7 +15,9 @@ import json
 import random
 import shutil
 import signal
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -283,6 +285,20 @@ def request_to(port: int, path: str) -> Reply:
         conn.close()
 
 
+def port_closes(port: int, within: float) -> bool:
+    """Whether connecting to ``port`` is refused within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def test_upstream_spreads_requests_and_survives_a_killed_backend(
     gateway_pool: GatewayPool,
 ) -> None:
@@ -299,6 +315,9 @@ def test_upstream_spreads_requests_and_survives_a_killed_backend(
         victim, *survivors = backends
         victim.process.send_signal(signal.SIGKILL)  # its workers die with it
         victim.process.wait(TIMEOUT)
+        # Its workers get SIGTERM from the kernel and drain what they hold; once
+        # none listens any more, nginx must send everything to the survivors.
+        assert port_closes(victim.port, TIMEOUT), victim.diagnostics()
         after = served_by(server.port, 30)  # every one answered 200
         assert set(after) == {b.address for b in survivors}
         assert len(request_to(server.port, "/echo_environ/x").body) > 0
