@@ -103,10 +103,18 @@ class RequestRejected:
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    """The whole PARAMS stream of the request, decoded (§5.2); a repeated name's last value."""
+    """The whole PARAMS stream of the request, decoded (§5.2); a repeated name's last value.
+
+    ``meta`` has the names and values decoded as latin-1, which is what CGI variables
+    and a WSGI environ hold; ``params`` gives them back as the bytes that were sent.
+    """
 
     request_id: int
-    params: dict[bytes, bytes]
+    meta: dict[str, str]
+
+    @property
+    def params(self) -> dict[bytes, bytes]:
+        return {k.encode("latin-1"): v.encode("latin-1") for k, v in self.meta.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,9 +336,9 @@ class Connection:
                 raise FastCGIError(f"PARAMS larger than {limit} bytes")
             self._params += content
             return None
-        params = wire.decode_params(self._params)  # §3.3: the stream is its records joined
+        meta = wire.decode_meta(self._params)  # §3.3: the stream is its records joined
         self._phase, self._params = _STDIN, bytearray()
-        return Params(request_id, params)
+        return Params(request_id, meta)
 
     def _stdin_record(self, request_id: int, content: bytes) -> StdinData | StdinEnded | None:
         if self._phase == _PARAMS:

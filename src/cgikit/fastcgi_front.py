@@ -71,7 +71,7 @@ class FrontConnection:
         self.fed = bytearray()  # between requests: the bytes the parser holds
         self.replay: bytearray | None = None  # a request being gathered: its records
         self.request_id = 0
-        self.params: dict[bytes, bytes] = {}
+        self.meta: dict[str, str] = {}
         self.body = bytearray()
         self.since = time.monotonic()  # the last input, for the idle timeout
         loop.add(self.fd, READ, self._on_ready)
@@ -120,15 +120,15 @@ class FrontConnection:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, RequestStarted):
-            self.request_id, self.params, self.body = event.request_id, {}, bytearray()
+            self.request_id, self.meta, self.body = event.request_id, {}, bytearray()
             tail = self.fed[len(self.fed) - self.core.buffered_bytes :]
             self.replay = bytearray(begin_record(event.request_id, event.role, event.keep_conn))
             self.replay += tail
             self.fed = bytearray()
         elif isinstance(event, Params):
-            self.params = event.params
-            declared = event.params.get(b"CONTENT_LENGTH", b"0") or b"0"
-            if not declared.isdigit() or int(declared) > FAST_BODY:
+            self.meta = event.meta
+            declared = event.meta.get("CONTENT_LENGTH", "0") or "0"
+            if not (declared.isascii() and declared.isdigit()) or int(declared) > FAST_BODY:
                 self._hand_over()
         elif isinstance(event, StdinData) and self.replay is not None:
             self.body += event.data
@@ -159,7 +159,7 @@ class FrontConnection:
 
     def _dispatch(self) -> None:
         """STDIN ended: the loop runs a CGI directory's script; the threads the rest."""
-        meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.params.items()}
+        meta = self.meta
         try:
             length = content_length(meta)
             route = (

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 FCGI_LISTENSOCK_FILENO: Final = 0  # §2.2: a web server hands the listening socket as fd 0
 VERSION_1: Final = 1
@@ -81,6 +81,7 @@ TYPE_NAMES: Final = {
     UNKNOWN_TYPE: "UNKNOWN_TYPE",
 }
 
+Sliceable = TypeVar("Sliceable", bytes, str)  # a name-value block, or its decoding
 _HEADER: Final = struct.Struct("!BBHHBx")  # version, type, requestId, contentLength, padding
 _BEGIN: Final = struct.Struct("!HB5x")  # role, flags, reserved (§5.1)
 _END: Final = struct.Struct("!IB3x")  # appStatus, protocolStatus, reserved (§5.5)
@@ -220,25 +221,35 @@ def iter_params(data: bytes | bytearray | memoryview) -> Iterator[tuple[bytes, b
         FastCGIError: the block ends inside a pair (§3.4 pairs never straddle the end
             of a stream), or a length points past its end.
     """
-    return iter(_pairs(bytes(data)))
+    block = bytes(data)
+    return iter(_pairs(block, block))
 
 
 def decode_params(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
     """A complete name-value block as a dict; a repeated name keeps its last value."""
-    return dict(_pairs(bytes(data)))
+    block = bytes(data)
+    return dict(_pairs(block, block))
 
 
-def _pairs(block: bytes) -> list[tuple[bytes, bytes]]:
-    """``iter_params``'s pairs as a list: one loop over bytes, no view, no generator
-    (a request's PARAMS are decoded on every request: this is the hot path)."""
-    pairs = []
+def decode_meta(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    """``decode_params`` with names and values decoded as latin-1, as CGI variables are
+    (one decode of the block, not one per name and value: this is per request)."""
+    block = bytes(data)
+    return dict(_pairs(block, block.decode("latin-1")))
+
+
+def _pairs(block: bytes, text: Sliceable) -> list[tuple[Sliceable, Sliceable]]:
+    """``iter_params``'s pairs as a list, cut from ``text``: ``block`` itself or its
+    latin-1 decoding (one character per byte, so the offsets are the same). One loop
+    over bytes, no view, no generator: a request's PARAMS are decoded on every request."""
+    pairs: list[tuple[Sliceable, Sliceable]] = []
     end, offset = len(block), 0
     while offset < end:
-        name = block[offset]
+        at, name = offset, block[offset]
         if name < 0x80 and offset + 1 < end and (value := block[offset + 1]) < 0x80:
-            at, offset = offset, offset + 2  # both lengths in one byte: the usual case
+            offset += 2  # both lengths in one byte: the usual case
         else:
-            at, name, value, offset = offset, *_long_lengths(block, offset)
+            name, value, offset = _long_lengths(block, offset)
         split = offset + name
         stop = split + value
         if stop > end:  # checked before slicing: no huge allocation
@@ -246,7 +257,7 @@ def _pairs(block: bytes) -> list[tuple[bytes, bytes]]:
                 f"name-value pair at byte {at} declares {name}+{value} bytes, "
                 f"only {end - offset} remain"
             )
-        pairs.append((block[offset:split], block[split:stop]))
+        pairs.append((text[offset:split], text[split:stop]))
         offset = stop
     return pairs
 
@@ -383,13 +394,17 @@ class RecordReader:
         buffer, pos = self._buffer, self._pos
         if len(buffer) - pos < HEADER_LEN:
             return None
-        # A copy, not a view: a view left in a traceback would pin the bytearray's size.
-        header = decode_header(bytes(buffer[pos : pos + HEADER_LEN]))
+        # decode_header's work, inline: this runs for every record of every request.
+        version, kind, request_id, length, padding = _HEADER.unpack_from(buffer, pos)
+        if version != VERSION_1:
+            raise FastCGIError(f"unsupported FastCGI version {version}")
         start = pos + HEADER_LEN
-        end = start + header.content_length
-        if len(buffer) < end + header.padding_length:
+        end = start + length
+        if len(buffer) < end + padding:
             return None
-        self._pos = end + header.padding_length  # §3.3: padding is skipped, unread
+        self._pos = end + padding  # §3.3: padding is skipped, unread
+        if not length:
+            return Record(kind, request_id, b"")
         with memoryview(buffer) as view:  # one copy of the content, not two
             content = bytes(view[start:end])
-        return Record(header.type, header.request_id, content)
+        return Record(kind, request_id, content)

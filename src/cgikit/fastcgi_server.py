@@ -212,9 +212,8 @@ class _FastCGIConnection:
         while isinstance(event, RequestRejected):  # a second BEGIN: answered already
             event = self._next_event()
         if isinstance(event, Params):
-            meta = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.params.items()}
             self.server.respond(
-                meta, self._read_stdin, _Stderr(self), self._send, self.log, self._hold
+                event.meta, self._read_stdin, _Stderr(self), self._send, self.log, self._hold
             )
         else:  # RequestAborted before the PARAMS ended
             self.aborted = True

@@ -65,11 +65,19 @@ from cgikit.fastcgi_records import (
 from protocol.test_fastcgi_records import rec, x
 from splitting import splits
 
+
+def params_event(request_id: int, pairs: dict[bytes, bytes]) -> Params:
+    """The Params event of ``pairs`` as sent (its ``meta`` is their latin-1 decoding)."""
+    event = Params(request_id, {k.decode("latin-1"): v.decode("latin-1") for k, v in pairs.items()})
+    assert event.params == pairs
+    return event
+
+
 App = Literal["stdin", "params", "none"]
 CLOSED = ConnectionClosed()
 SP80 = {b"SERVER_PORT": b"80"}
 STARTED = RequestStarted(1, RESPONDER, True)
-P80 = Params(1, SP80)
+P80 = params_event(1, SP80)
 
 
 def error(reason: str) -> tuple[str, str]:
@@ -259,7 +267,7 @@ VALID = {
         begin(300) + params(300) + stdin(300),
         [
             RequestStarted(300, RESPONDER, True),
-            Params(300, SP80),
+            params_event(300, SP80),
             StdinEnded(300),
             end(False),
             CLOSED,
@@ -288,7 +296,7 @@ VALID = {
         + stdin(1, b"x"),
         [
             STARTED,
-            Params(1, {b"A": b"1", **SP80}),
+            params_event(1, {b"A": b"1", **SP80}),
             StdinData(1, b"x"),
             StdinEnded(1),
             end(False),
@@ -298,14 +306,14 @@ VALID = {
     ),
     "no params at all": (
         begin() + rec(PARAMS, 1) + stdin(),
-        [STARTED, Params(1, {}), StdinEnded(1), end(False), CLOSED],
+        [STARTED, params_event(1, {}), StdinEnded(1), end(False), CLOSED],
         OK1,
     ),
     "nginx capture (§8.3 item 15)": (
         begin() + params(1, NGINX) + rec(STDIN, 1, b"a=1&b=2&c=3") + rec(STDIN, 1),
         [
             STARTED,
-            Params(1, NGINX),
+            params_event(1, NGINX),
             StdinData(1, b"a=1&b=2&c=3"),
             StdinEnded(1),
             end(False),
@@ -431,7 +439,7 @@ VALID = {
     ),
     "a pair with 4-byte lengths": (
         begin() + params(1, BIG) + stdin(),
-        [STARTED, Params(1, BIG), StdinEnded(1), end(False), CLOSED],
+        [STARTED, params_event(1, BIG), StdinEnded(1), end(False), CLOSED],
         OK1,
     ),
 }
@@ -459,7 +467,7 @@ def test_app_may_start_at_params_without_empty_stdin() -> None:  # research §5 
 
 def test_unread_body_of_an_ended_request_is_ignored() -> None:
     data = begin() + rec(PARAMS, 1) + stdin(1, b"unread") + GET
-    events = [STARTED, Params(1, {}), end(False), STARTED, P80, end(False), CLOSED]
+    events = [STARTED, params_event(1, {}), end(False), STARTED, P80, end(False), CLOSED]
     check(data, events, OK1 * 2, app="params")
 
 
@@ -483,14 +491,20 @@ def test_pair_straddling_records(cut: int) -> None:  # research §8.3 item 2
         + rec(PARAMS, 1)
         + stdin()
     )
-    check(data, [STARTED, Params(1, BIG), StdinEnded(1), end(False), CLOSED], OK1)
+    check(data, [STARTED, params_event(1, BIG), StdinEnded(1), end(False), CLOSED], OK1)
 
 
 def test_pair_in_one_byte_records() -> None:
     content = encode_params({b"N" * 130: b"v" * 3})
     data = begin() + b"".join(rec(PARAMS, 1, content[i : i + 1]) for i in range(len(content)))
     events, _ = run([data + rec(PARAMS, 1) + stdin()])
-    assert events == [STARTED, Params(1, {b"N" * 130: b"vvv"}), StdinEnded(1), end(False), CLOSED]
+    assert events == [
+        STARTED,
+        params_event(1, {b"N" * 130: b"vvv"}),
+        StdinEnded(1),
+        end(False),
+        CLOSED,
+    ]
 
 
 # -- errors (research §8.3 item 13) ---------------------------------------------------------
@@ -559,7 +573,7 @@ def test_params_limit() -> None:  # 15 content bytes of SERVER_PORT=80
     check(GET, too_large, b"", max_params_bytes=14)
     split = begin() + rec(PARAMS, 1, b"\x01\x01ab") + rec(PARAMS, 1, b"\x01\x01cd")
     check(split, [STARTED, error("PARAMS larger than 7 bytes")], max_params_bytes=7)
-    two = Params(1, {b"a": b"b", b"c": b"d"})
+    two = params_event(1, {b"a": b"b", b"c": b"d"})
     check(
         split + rec(PARAMS, 1) + stdin(),
         [STARTED, two, StdinEnded(1), end(False), CLOSED],
@@ -744,7 +758,7 @@ def conversations(draw: st.DrawFn) -> tuple[bytes, list[object], bytes]:
             data += rec(STDIN, request_id, piece, draw(pad))
             stdin_events.append(StdinData(request_id, piece))
         data += rec(STDIN, request_id, b"", draw(pad))
-        events += [RequestStarted(request_id, RESPONDER, keep), Params(request_id, pairs)]
+        events += [RequestStarted(request_id, RESPONDER, keep), params_event(request_id, pairs)]
         events += [*stdin_events, StdinEnded(request_id), end(not keep)]
         sent += ok(request_id)
     return bytes(data), [*events, CLOSED], bytes(sent)
