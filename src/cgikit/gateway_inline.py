@@ -78,6 +78,10 @@ class InlinePool:
         log: Callable[[str], object],
     ) -> None:
         self.listener, self.idle_timeout = listener, idle_timeout
+        # What socket.accept does, without its two enum conversions per call (this is
+        # per request): the C accept, and a socket of the listener's family and type.
+        self._accept: Callable[[], tuple[int, object]] = listener._accept  # type: ignore[attr-defined]
+        self._kind = (int(listener.family), int(listener.type), listener.proto)
         self._serve, self._admit, self._input_done, self._log = serve, admit, input_done, log
         self.loop = Loop()
         self.loop.on_error = self._on_error
@@ -137,9 +141,11 @@ class InlinePool:
         """Take a connection and serve it; again while more wait, up to ``_ACCEPT_BATCH``
         (each accept saves a trip through epoll; the bound keeps kept connections whose
         next request came meanwhile from waiting behind new ones)."""
+        accept, kind = self._accept, self._kind
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = self.listener.accept()
+                fd, addr = accept()
+                sock = socket.socket(kind[0], kind[1], kind[2], fd)
             except (BlockingIOError, ConnectionAbortedError):  # none, or another took it
                 return
             except OSError as exc:  # EMFILE, ENOBUFS: back off rather than spin
