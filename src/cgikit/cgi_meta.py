@@ -258,9 +258,10 @@ def build_meta(
     meta.update((name, value) for name, value in optional.items() if value is not None)
     meta.update(_http_vars(fields, pass_auth=pass_auth, has_length=content_length is not None))
     _apply_overrides(meta, env)
-    for name, value in meta.items():
-        if "\x00" in value:
-            raise ValueError(f"NUL in {name}: an environment cannot hold it")
+    if "\x00" in "".join(meta.values()):  # one scan; the loop only names the culprit
+        for name, value in meta.items():
+            if "\x00" in value:
+                raise ValueError(f"NUL in {name}: an environment cannot hold it")
     return meta
 
 
@@ -271,9 +272,9 @@ def to_environb(meta: Mapping[str, str]) -> dict[bytes, bytes]:
         ValueError: a name is empty or holds ``=`` or NUL, a value holds NUL, or a
             string is not latin-1 (UnicodeEncodeError is a ValueError).
     """
-    out: dict[bytes, bytes] = {}
-    for name, value in meta.items():
-        if not name or "=" in name or "\x00" in name or "\x00" in value:
-            raise ValueError(f"cannot put {name!r} in an environment")
-        out[name.encode("latin-1")] = value.encode("latin-1")
-    return out
+    names = "\n".join(meta)  # checked at once (per request); the loop names the culprit
+    if "" in meta or "=" in names or "\x00" in names or "\x00" in "".join(meta.values()):
+        for name, value in meta.items():
+            if not name or "=" in name or "\x00" in name or "\x00" in value:
+                raise ValueError(f"cannot put {name!r} in an environment")
+    return {name.encode("latin-1"): value.encode("latin-1") for name, value in meta.items()}

@@ -42,7 +42,9 @@ No I/O: pure functions over bytes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from typing import Final
 from urllib.parse import quote
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -123,6 +125,23 @@ def normalize_target(raw_path: bytes, *, refuse_colon: bool = False) -> list[str
             ``#`` or ``?``, a malformed ``%`` escape, NUL, or ``..`` above the root;
             404 for an encoded slash, a backslash, or (``refuse_colon``) a colon.
     """
+    if len(raw_path) <= _MEMO_PATH:
+        return list(_normalize_memo(raw_path, refuse_colon))
+    return _normalize(raw_path, refuse_colon)
+
+
+# A request's path is normalised twice (routing, then the host) and most requests ask
+# for a few paths: short ones are remembered (an unsafe one raises again each time).
+_MEMO_PATH: Final = 256
+
+
+@functools.lru_cache(maxsize=512)
+def _normalize_memo(raw_path: bytes, refuse_colon: bool) -> tuple[str, ...]:
+    return tuple(_normalize(raw_path, refuse_colon))
+
+
+def _normalize(raw_path: bytes, refuse_colon: bool) -> list[str]:
+    """``normalize_target``'s work."""
     if not raw_path.startswith(b"/"):
         raise UnsafePath(400, f"the path does not start with '/': {raw_path[:64]!r}")
     if not _RAW_REFUSED.isdisjoint(raw_path):
