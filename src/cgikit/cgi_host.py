@@ -211,8 +211,8 @@ class CGIHost:
         except (Refused, UnsafePath, UnsafeHeader) as exc:
             log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
             return _error(start_response, exc.status, method)
-        except UnicodeEncodeError as exc:  # not a PEP 3333 "bytes as str" environ
-            log(f"a request variable is not latin-1: {exc}")
+        except UnicodeEncodeError as bad:  # not a PEP 3333 "bytes as str" environ
+            log(f"a request variable is not latin-1: {bad}")
             return _error(start_response, 400, method)
         try:
             return self._dispatch(request, start_response, log)
@@ -258,8 +258,8 @@ class CGIHost:
             meta = self._meta(request, rest, script)
         except (UnsafePath, UnsafeHeader) as exc:
             raise Refused(exc.status, exc.reason) from None
-        except ValueError as exc:
-            raise Refused(500, f"cannot build the environment: {exc}") from None
+        except ValueError as bad:
+            raise Refused(500, f"cannot build the environment: {bad}") from None
         # RFC 3875 §7.2: the script's directory is its working directory (research G10).
         cwd = os.path.dirname(script.filename)
         argv, env = list(script.argv), to_environb(meta)
@@ -308,9 +308,9 @@ class CGIHost:
         except ScriptOutputError as exc:  # logged by the runner
             run.close()
             raise Refused(502, f"{script.name}: {exc.reason}") from None
-        except ScriptTimeout as exc:
+        except ScriptTimeout as late:
             run.close()
-            raise Refused(504, f"{script.name}: {exc.reason}") from None
+            raise Refused(504, f"{script.name}: {late.reason}") from None
         except StopIteration:
             run.close()
             why = "the client went away" if run.client_gone else "no response"

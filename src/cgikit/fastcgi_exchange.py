@@ -75,8 +75,6 @@ class _Errors:
 class FastCGIExchange(LoopExchange):
     """A script's run framed as a CGI response in FastCGI records (module docstring)."""
 
-    conn: RecordConnection  # type: ignore[assignment]  # the FastCGI one, not HTTP's
-
     def __init__(
         self,
         conn: RecordConnection,
@@ -91,13 +89,14 @@ class FastCGIExchange(LoopExchange):
             EnvironError: ``meta`` cannot make an environ (the threaded path answers it).
         """
         self.conn = conn
+        self.records = conn  # what only FastCGI's has: STDERR, END_REQUEST, the cut
         errors: ErrorStream = _Errors(conn)
         environ: dict[str, Any] = build_environ(meta, io.BytesIO(body), errors, length)
         self._prepare(route, environ)
         self.keep_alive = True  # KEEP_CONN is the connection's to honour
 
     def log(self, line: str) -> None:
-        self.conn.send_stderr(f"cgikit: {line}\n".encode("utf-8", "backslashreplace"))
+        self.records.send_stderr(f"cgikit: {line}\n".encode("utf-8", "backslashreplace"))
 
     def _script_log(self) -> Callable[[str], None]:
         """The task's lines go to STDERR, on the loop's thread (a killed group is buried
@@ -110,7 +109,7 @@ class FastCGIExchange(LoopExchange):
             elif not self.done:
                 self.log(line)
             else:
-                self.conn.note(line)
+                self.records.note(line)
 
         return log
 
@@ -120,7 +119,8 @@ class FastCGIExchange(LoopExchange):
         if length is None and self.method != "HEAD" and self._head is not None:
             status, headers = self._head
             if int(status[:3]) not in NO_BODY_STATUSES and not find_header(headers, "content-type"):
-                self.conn.note(f"app sent a body without Content-Type; sent {DEFAULT_CONTENT_TYPE}")
+                sent = DEFAULT_CONTENT_TYPE
+                self.records.note(f"app sent a body without Content-Type; sent {sent}")
                 sniff = ("X-Content-Type-Options", "nosniff")
                 self._head = (status, [*headers, ("Content-Type", DEFAULT_CONTENT_TYPE), sniff])
         return super()._send_head(length)
@@ -136,12 +136,12 @@ class FastCGIExchange(LoopExchange):
 
     def _cut(self) -> None:
         self._end()
-        self.conn.cut()
+        self.records.cut()
 
     def _finish(self, *, keep: bool) -> None:
         """END_REQUEST, also after an abort (FastCGI §5.4); ``keep`` is the core's."""
         if self._end():
-            self.conn.end_request()
+            self.records.end_request()
 
     def _end(self) -> bool:
         """Mark the exchange done and give its slot back; False if it was already."""

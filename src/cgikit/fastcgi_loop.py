@@ -153,8 +153,8 @@ class FastCGILoopServer:
         except OSError as exc:
             self.log(f"{conn.peer}: connection lost: {exc}")
             keep = False
-        except Exception as exc:  # a bug must not kill the worker
-            self.log(f"{conn.peer}: connection failed: {exc!r}")
+        except Exception as bug:  # a bug must not kill the worker
+            self.log(f"{conn.peer}: connection failed: {bug!r}")
             keep = False
         loop = self.loop
         if loop is not None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 FCGI_LISTENSOCK_FILENO: Final = 0  # §2.2: a web server hands the listening socket as fd 0
 VERSION_1: Final = 1
@@ -81,7 +81,6 @@ TYPE_NAMES: Final = {
     UNKNOWN_TYPE: "UNKNOWN_TYPE",
 }
 
-Sliceable = TypeVar("Sliceable", bytes, str)  # a name-value block, or its decoding
 _HEADER: Final = struct.Struct("!BBHHBx")  # version, type, requestId, contentLength, padding
 _BEGIN: Final = struct.Struct("!HB5x")  # role, flags, reserved (§5.1)
 _END: Final = struct.Struct("!IB3x")  # appStatus, protocolStatus, reserved (§5.5)
@@ -222,27 +221,28 @@ def iter_params(data: bytes | bytearray | memoryview) -> Iterator[tuple[bytes, b
             of a stream), or a length points past its end.
     """
     block = bytes(data)
-    return iter(_pairs(block, block))
+    return iter([(block[a:b], block[b:c]) for a, b, c in _spans(block)])
 
 
 def decode_params(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
     """A complete name-value block as a dict; a repeated name keeps its last value."""
     block = bytes(data)
-    return dict(_pairs(block, block))
+    return {block[a:b]: block[b:c] for a, b, c in _spans(block)}
 
 
 def decode_meta(data: bytes | bytearray | memoryview) -> dict[str, str]:
     """``decode_params`` with names and values decoded as latin-1, as CGI variables are
-    (one decode of the block, not one per name and value: this is per request)."""
+    (one decode of the block, not one per name and value: this is per request). Latin-1
+    has one character per byte, so the byte offsets cut the text too."""
     block = bytes(data)
-    return dict(_pairs(block, block.decode("latin-1")))
+    text = block.decode("latin-1")
+    return {text[a:b]: text[b:c] for a, b, c in _spans(block)}
 
 
-def _pairs(block: bytes, text: Sliceable) -> list[tuple[Sliceable, Sliceable]]:
-    """``iter_params``'s pairs as a list, cut from ``text``: ``block`` itself or its
-    latin-1 decoding (one character per byte, so the offsets are the same). One loop
-    over bytes, no view, no generator: a request's PARAMS are decoded on every request."""
-    pairs: list[tuple[Sliceable, Sliceable]] = []
+def _spans(block: bytes) -> list[tuple[int, int, int]]:
+    """Where each pair's name starts, its value starts and the value ends. One loop over
+    bytes, no view, no generator: a request's PARAMS are decoded on every request."""
+    spans = []
     end, offset = len(block), 0
     while offset < end:
         at, name = offset, block[offset]
@@ -257,9 +257,9 @@ def _pairs(block: bytes, text: Sliceable) -> list[tuple[Sliceable, Sliceable]]:
                 f"name-value pair at byte {at} declares {name}+{value} bytes, "
                 f"only {end - offset} remain"
             )
-        pairs.append((text[offset:split], text[split:stop]))
+        spans.append((offset, split, stop))
         offset = stop
-    return pairs
+    return spans
 
 
 def _long_lengths(block: bytes, offset: int) -> tuple[int, int, int]:

@@ -70,7 +70,7 @@ class FastCGIServer(GatewayServer):
     """Serve ``app`` over FastCGI; arguments and lifecycle as ``GatewayServer``."""
 
     protocol = "fastcgi"
-    peers_variable = "FCGI_WEB_SERVER_ADDRS"
+    peers_variable: str | None = "FCGI_WEB_SERVER_ADDRS"
 
     def connection(self, sock: socket.socket, peer: str) -> Served:
         """The state of one web-server connection, whose requests come one at a time."""
@@ -117,8 +117,8 @@ class _FastCGIConnection:
                     return False
         except FastCGIError as exc:
             self.log(f"protocol error, closing the connection: {exc.reason}")
-        except OSError as exc:  # a write to a vanished web server
-            self.log(f"connection lost: {exc}")
+        except OSError as lost:  # a write to a vanished web server
+            self.log(f"connection lost: {lost}")
         return False
 
     def _between(self, event: Event) -> bool:

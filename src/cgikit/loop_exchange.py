@@ -88,7 +88,10 @@ class LoopExchange:
         route: FastRoute,
         meta: dict[str, str],
     ) -> None:
-        self.conn, self.request = conn, request
+        # Typed as the protocol: a subclass (fastcgi_exchange) brings its own connection.
+        self.conn: ExchangeConnection = conn
+        self.http = conn  # what only HTTP's has: the access log, the client's address
+        self.request = request
         length = None if request.chunked else (request.content_length or 0)
         self._prepare(route, build_environ(meta, io.BytesIO(body), sys.stderr, length))
         self.keep_alive = request.keep_alive
@@ -128,8 +131,8 @@ class LoopExchange:
             self.log(f"{environ.get('PATH_INFO', '')!r}: {exc.reason} ({exc.status})")
             self._error(exc.status)
             return
-        except UnicodeEncodeError as exc:
-            self.log(f"a request variable is not latin-1: {exc}")
+        except UnicodeEncodeError as bad:
+            self.log(f"a request variable is not latin-1: {bad}")
             self._error(400)
             return
         self._launch()
@@ -158,8 +161,8 @@ class LoopExchange:
                 (settings.timeout, settings.idle_timeout, 2.0),
                 launch.warm,
             )
-        except OSError as exc:  # logged by the task
-            self.log(f"{request.uri}: {name}: cannot start: {exc.strerror}")
+        except OSError as failed:  # logged by the task
+            self.log(f"{request.uri}: {name}: cannot start: {failed.strerror}")
             self._error(500)
             return
         self.conn.watch_client(True)
@@ -300,9 +303,9 @@ class LoopExchange:
         self.route.release()
         self.conn.watch_client(False)
         request = self.request
-        self.conn.finish(
+        self.http.finish(
             keep,
-            f'{self.conn.remote[0]} - "{request.method} {request.target.decode("ascii")} '
+            f'{self.http.remote[0]} - "{request.method} {request.target.decode("ascii")} '
             f'HTTP/{request.version[0]}.{request.version[1]}" {self.status[:3]} '
             f"{self.body_sent} {time.monotonic() - self.started:.3f}s",
         )

@@ -95,9 +95,9 @@ class _SCGIConnection:
     def _serve(self) -> None:
         try:
             event = self._next_event()
-        except IncompleteRequest as exc:
-            if exc.received:
-                self.log(f"incomplete request: {exc.reason}")
+        except IncompleteRequest as cut:
+            if cut.received:
+                self.log(f"incomplete request: {cut.reason}")
             return
         except SCGIError as exc:
             self.log(f"bad request, closing the connection: {exc.reason}")
@@ -112,8 +112,8 @@ class _SCGIConnection:
         if self.held and not self.gone:
             try:
                 self.sock.sendall(b"".join(self.held))
-            except OSError as exc:
-                self.log(f"client went away before the response was complete ({exc})")
+            except OSError as gone:
+                self.log(f"client went away before the response was complete ({gone})")
 
     def _body_received(self) -> bool:
         """Whether the body's end has arrived, read by the app or not (no I/O)."""

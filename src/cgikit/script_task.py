@@ -173,7 +173,10 @@ class ScriptTask:
             return
         try:
             while self._pending:
-                self._pending = self._pending[os.write(stdin, self._pending) :]
+                # Not inside the subscript: mypyc (scripts/compile) evaluates a slice's
+                # bound twice, and this one writes.
+                written = os.write(stdin, self._pending)
+                self._pending = self._pending[written:]
         except BlockingIOError:
             self._loop.modify(stdin, WRITE, self._feed_stdin)
             return

@@ -139,6 +139,8 @@ def populate(runtime: Runtime) -> None:
     runtime.markers.mkdir()
     skip_caches = shutil.ignore_patterns("__pycache__")
     shutil.copytree(REPO / "src" / "cgikit", lib / "cgikit", ignore=skip_caches)
+    for shared in (REPO / "src").glob("*__mypyc*"):  # the compiled build's runtime
+        shutil.copy2(shared, lib / shared.name)
     shutil.copytree(Path(fixtureapps.__file__).parent, lib / "fixtureapps", ignore=skip_caches)
     for name in FLASK_PACKAGES:
         copy_package(name, lib)

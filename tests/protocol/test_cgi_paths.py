@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 from urllib.parse import quote_from_bytes
 
 import pytest
@@ -12,13 +11,14 @@ from hypothesis import strategies as st
 
 from cgikit import cgi_meta, cgi_paths
 from cgikit.cgi_paths import UnsafePath, normalize_target, split_script, split_target
+from compiled import source_of
 
 NO_IO = {"socket", "selectors", "threading", "asyncio", "subprocess", "signal", "os", "time"}
 
 
 @pytest.mark.parametrize("module", [cgi_paths, cgi_meta])
 def test_pure_modules_import_no_io(module: object) -> None:
-    path = Path(str(getattr(module, "__file__", "")))
+    path = source_of(module)  # type: ignore[arg-type]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
