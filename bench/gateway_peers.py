@@ -103,6 +103,7 @@ class Setup:
     apps: Path  # hello.py, flup_server.py
     docroot: Path  # cgi-bin/hello-c
     keep_conn: bool  # nginx's fastcgi_keep_conn to the WSGI FastCGI backends (but -keep's)
+    compiled: Callable[[], Path]  # src/ with the optional compiled build, built when asked
 
 
 def present(candidates: tuple[str, ...]) -> bool:
@@ -217,8 +218,11 @@ def start_uwsgi(apps: Path) -> servers.Server:
     return servers.launch("uwsgi", argv, rundir, port, rundir / "server.out")
 
 
-def start_bridge(docroot: Path, python: str) -> peers.Host:
-    """nginx -> ``cgikit serve --fastcgi unix:SOCKET ROOT`` -> the scripts of ROOT/cgi-bin."""
+def start_bridge(
+    docroot: Path, python: str, src: Path = peers.SRC, label: str = "cgikit serve --fastcgi"
+) -> peers.Host:
+    """nginx -> ``cgikit serve --fastcgi unix:SOCKET ROOT`` -> the scripts of ROOT/cgi-bin
+    (cgikit from ``src``: bench/compiled_build.py's copy for the compiled row)."""
     rundir = servers.make_rundir("bridge")
     sock = rundir / "bridge.sock"
     argv = [python, "-m", "cgikit", "serve", "--fastcgi", f"unix:{sock}"]
@@ -228,7 +232,7 @@ def start_bridge(docroot: Path, python: str) -> peers.Host:
     with output.open("wb") as sink:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, cwd=rundir,
-            env={**servers.SERVER_ENV, "PYTHONPATH": str(peers.SRC)},
+            env={**servers.SERVER_ENV, "PYTHONPATH": str(src)},
             start_new_session=True, umask=0o111,  # nginx's workers (www-data) connect
         )  # fmt: skip
     back = servers.Server("cgikit serve --fastcgi", 0, output, (output,), process, rundir)
@@ -238,7 +242,7 @@ def start_bridge(docroot: Path, python: str) -> peers.Host:
     except BaseException:
         servers.stop(process)
         raise
-    return peers.Host("nginx + cgikit serve --fastcgi (bridge)", front, [back])
+    return peers.Host(f"nginx + {label} (bridge)", front, [back])
 
 
 def wait_for_socket(server: servers.Server, path: Path) -> None:
@@ -278,13 +282,18 @@ class Row:
 def rows(setup: Setup) -> dict[str, Row]:
     """Every server by short name, in the table's order."""
     apps, keep, venv = setup.apps, setup.keep_conn, setup.venv_python
-    cgikit_path = Path(f"{peers.SRC}{os.pathsep}{apps}")
     flup = str(apps / "flup_server.py")
 
-    def cgikit(protocol: str) -> Callable[[], servers.Server]:
+    def cgikit(protocol: str, built: bool = False) -> Callable[[], servers.Server]:
         args = ["-m", "cgikit", "run", f"--{protocol}", f"{HOST}:{{port}}"]
         args += ["--workers", str(WORKERS), "--threads", "1", "hello:app"]
-        return lambda: start_python(f"cgikit-{protocol}", args, setup.python, cgikit_path)
+
+        def start() -> servers.Server:
+            src = setup.compiled() if built else peers.SRC
+            path = Path(f"{src}{os.pathsep}{apps}")
+            return start_python(f"cgikit-{protocol}", args, setup.python, path)
+
+        return start
 
     def gunicorn() -> peers.Host:
         args = ["-m", "gunicorn", "--workers", str(WORKERS), "--worker-class", "sync"]
@@ -295,6 +304,8 @@ def rows(setup: Setup) -> dict[str, Row]:
     return {
         "cgikit-fastcgi": Row("cgikit FastCGI", "/", lambda: behind_nginx(
             "nginx + cgikit FastCGI", "fastcgi", cgikit("fastcgi"), keep)),
+        "cgikit-fastcgi-compiled": Row("cgikit FastCGI (compiled)", "/", lambda: behind_nginx(
+            "nginx + cgikit FastCGI (compiled)", "fastcgi", cgikit("fastcgi", True), keep)),
         "cgikit-fastcgi-keep": Row("cgikit FastCGI, keep-conn", "/", lambda: behind_nginx(
             "nginx + cgikit FastCGI (keep-conn)", "fastcgi", cgikit("fastcgi"), True)),
         "cgikit-scgi": Row("cgikit SCGI", "/", lambda: behind_nginx(
@@ -309,6 +320,8 @@ def rows(setup: Setup) -> dict[str, Row]:
             "nginx + uWSGI FastCGI", "fastcgi", lambda: start_uwsgi(apps), keep)),
         "gunicorn": Row("gunicorn", "/", gunicorn),
         "bridge": Row("bridge", cgi, lambda: start_bridge(setup.docroot, setup.python)),
+        "bridge-compiled": Row("bridge (compiled)", cgi, lambda: start_bridge(
+            setup.docroot, setup.python, setup.compiled(), "cgikit serve --fastcgi (compiled)")),
         "fcgiwrap": Row("fcgiwrap", cgi, lambda: peers.start_nginx_fcgiwrap(setup.docroot, 8)),
     }  # fmt: skip
 

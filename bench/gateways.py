@@ -15,6 +15,7 @@ of issue 4 are judged on the mean req/s over the rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cgi_host
+import compiled_build
 import gateway_peers
 import peers
 import run
@@ -31,8 +33,9 @@ from cgi_host import Sample
 
 BODY = "Hello, world!\n"
 NAMES = (
-    "cgikit-fastcgi", "cgikit-fastcgi-keep", "cgikit-scgi", "flup-fastcgi", "flup-scgi",
-    "uwsgi-fastcgi", "gunicorn", "bridge", "fcgiwrap",
+    "cgikit-fastcgi", "cgikit-fastcgi-compiled", "cgikit-fastcgi-keep", "cgikit-scgi",
+    "flup-fastcgi", "flup-scgi",
+    "uwsgi-fastcgi", "gunicorn", "bridge", "bridge-compiled", "fcgiwrap",
 )  # fmt: skip
 FLOORS = (  # (cgikit's row, the peer's, the least ratio of mean req/s): issue 4
     ("cgikit-fastcgi", "flup-fastcgi", 3.0),
@@ -130,8 +133,10 @@ def floors(samples: Samples, started: Started) -> str:
     lines = ["| floor (issue 4) | cgikit req/s | peer req/s | ratio | verdict |"]
     lines.append("| --- | --: | --: | --: | --- |")
     for row, theirs, least in FLOORS:
-        variants = [v for v in (row, f"{row}-keep") if v in samples] or [row]
-        for ours in variants:  # cgikit FastCGI with keep-conn is judged too, apart
+        # cgikit FastCGI with keep-conn, and the optional compiled build, judged apart
+        kinds = (row, f"{row}-keep", f"{row}-compiled")
+        variants = [v for v in kinds if v in samples] or [row]
+        for ours in variants:
             floor = f"{ours} >= {least:g} x {theirs}" if least != 1 else f"{ours} >= {theirs}"
             if ours not in samples or theirs not in samples:
                 lines.append(f"| {floor} | | | | not measured |")
@@ -181,7 +186,7 @@ def available(args: argparse.Namespace) -> list[str]:
     """The servers asked for, less those this machine or checkout cannot run (said so)."""
     names = [name for name in NAMES if name in args.servers.split(",")]
     if "bridge" in names and not gateway_peers.bridge_available(args.python):
-        names.remove("bridge")
+        names = [name for name in names if not name.startswith("bridge")]
         print("the bridge is not measured: this checkout's serve has no --fastcgi", flush=True)
     if "uwsgi-fastcgi" in names and gateway_peers.uwsgi_command() is None:
         names.remove("uwsgi-fastcgi")
@@ -199,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(name)
         docroot = cgi_host.make_site(tmp)
         apps = gateway_peers.make_apps(tmp)
-        setup = gateway_peers.Setup(args.python, venv_python, apps, docroot, args.keep_conn)
+        build = functools.partial(compiled_build.build, args.python)
+        setup = gateway_peers.Setup(
+            args.python, venv_python, apps, docroot, args.keep_conn, functools.cache(build)
+        )
         started = start_all(names, setup)
         try:
             samples = measure(started, args)

@@ -164,12 +164,11 @@ def start_http_server(docroot: Path, python: str) -> Host:
     return Host("http.server --cgi", front)
 
 
-def start_cgikit(docroot: Path, python: str) -> Host:
+def start_cgikit(docroot: Path, python: str, src: Path = SRC, label: str = "cgikit serve") -> Host:
+    """``cgikit serve`` from ``src`` (bench/compiled.py's copy for the compiled row)."""
     args = ["-m", "cgikit", "serve", "--port", "{port}", "--bind", HOST, str(docroot)]
-    env = {"PYTHONPATH": str(SRC)}
-    return Host(
-        "cgikit serve", servers.retry_start(lambda: start_python("cgikit", args, python, env))
-    )
+    env = {"PYTHONPATH": str(src)}
+    return Host(label, servers.retry_start(lambda: start_python("cgikit", args, python, env)))
 
 
 VERSION_COMMANDS = {  # name -> binary candidates, option, the version in its output
@@ -201,10 +200,16 @@ def cgikit_serve_available(python: str) -> bool:
     return done.returncode == 0
 
 
-def starters(docroot: Path, python: str, children: int) -> dict[str, Callable[[], Host]]:
-    """How to start each server, by short name, in the table's order."""
+def starters(
+    docroot: Path, python: str, children: int, compiled: Callable[[], Path]
+) -> dict[str, Callable[[], Host]]:
+    """How to start each server, by short name, in the table's order (``compiled``:
+    where the compiled build is, built when first asked)."""
     return {
         "cgikit": lambda: start_cgikit(docroot, python),
+        "cgikit-compiled": lambda: start_cgikit(
+            docroot, python, compiled(), "cgikit serve (compiled)"
+        ),
         "apache": lambda: Host(
             "Apache event + mod_cgid", servers.start_with_retries("apache", docroot)
         ),
