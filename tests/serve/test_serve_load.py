@@ -168,14 +168,21 @@ def process_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def group_gone(pgid: int, timeout: float = 2.0) -> bool:
+    """Whether the group is empty (every member exited and reaped) within ``timeout``:
+    its members get the kill together, and one may still be exiting, or waiting for the
+    server (their subreaper) to reap it, when the script itself is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def read_pid(path: Path, timeout: float = 10.0) -> int:
