@@ -50,9 +50,11 @@ class Loop:
         if hasattr(select, "epoll"):
             self._poller: Any = select.epoll()
             self._scale = 1.0  # epoll.poll takes seconds
+            self._exclusive: int = getattr(select, "EPOLLEXCLUSIVE", 0)
         else:
             self._poller = select.poll()
             self._scale = 1000.0  # poll.poll takes milliseconds
+            self._exclusive = 0
         self._callbacks: dict[int, Callback] = {}
         self._masks: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -69,11 +71,20 @@ class Loop:
 
     # -- descriptors ---------------------------------------------------------------------
 
-    def add(self, fd: int, mask: int, callback: Callback) -> None:
-        """Call ``callback(mask)`` whenever ``fd`` is ready for ``mask`` (READ, WRITE)."""
+    def add(self, fd: int, mask: int, callback: Callback, exclusive: bool = False) -> None:
+        """Call ``callback(mask)`` whenever ``fd`` is ready for ``mask`` (READ, WRITE).
+
+        ``exclusive``: a listening socket that several processes' loops watch; the
+        kernel wakes one idle loop per connection, not all of them (EPOLLEXCLUSIVE,
+        Linux 4.5): the others would wake only to find the connection taken. Such a
+        descriptor can be removed and added again, not modified.
+        """
         if fd in self._callbacks:
             raise KeyError(f"descriptor {fd} is already watched")
-        self._poller.register(fd, _EVENTS[mask])
+        events = _EVENTS[mask]
+        if exclusive and self._exclusive:
+            events |= self._exclusive
+        self._poller.register(fd, events)
         self._callbacks[fd], self._masks[fd] = callback, mask
 
     def modify(self, fd: int, mask: int, callback: Callback) -> None:

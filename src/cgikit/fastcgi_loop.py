@@ -77,7 +77,9 @@ class FastCGILoopServer:
         """Serve until ``shutdown``, then give busy connections the grace period."""
         posix_spawn.prepare()
         loop = self.loop = Loop()
-        loop.add(self.socket.fileno(), READ, self._on_accept)
+        # One idle worker woken per connection: nginx connects per request (keep-conn
+        # off), and every worker woken to find it taken cost a third of a request's CPU.
+        loop.add(self.socket.fileno(), READ, self._on_accept, exclusive=True)
         self._sweep()
         try:
             loop.run(lambda: self.stopping)

@@ -99,7 +99,7 @@ class InlinePool:
         """Accept and serve until ``stop``; every socket it holds is closed at the end."""
         try:
             if not self._stopping.is_set():
-                self.loop.add(self.listener.fileno(), READ, self._on_listener)
+                self.loop.add(self.listener.fileno(), READ, self._on_listener, exclusive=True)
             self.loop.run(until=lambda: self._stopped and not self._lingering)
         finally:
             if self._cutter is not None:
@@ -161,7 +161,7 @@ class InlinePool:
 
     def _resume_accepting(self) -> None:
         if not self._stopping.is_set():
-            self.loop.add(self.listener.fileno(), READ, self._on_listener)
+            self.loop.add(self.listener.fileno(), READ, self._on_listener, exclusive=True)
 
     def _on_input(self, held: Held, mask: int) -> None:
         self._run(held, fresh=False)

@@ -186,7 +186,7 @@ class Pool:
         """Watch the listening socket exactly while a worker is free (backpressure)."""
         want = self._free > 0 and not self._paused and not self._stopping.is_set()
         if want and not self._watching:
-            self.loop.add(self.listener.fileno(), READ, self._on_listener)
+            self.loop.add(self.listener.fileno(), READ, self._on_listener, exclusive=True)
         elif self._watching and not want:
             self.loop.remove(self.listener.fileno())
         self._watching = want

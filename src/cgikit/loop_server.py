@@ -70,7 +70,7 @@ class LoopServer(HTTPServer):
         try:
             posix_spawn.prepare()
             loop.on_error = self._callback_failed
-            loop.add(self.socket.fileno(), READ, self._on_accept)
+            self._watch_listener(loop)
             # shutdown() writes to this pair and never reads it: level-triggered, it
             # would wake the loop for ever, so it is watched once.
             wake = self._wake_r.fileno()
@@ -151,7 +151,13 @@ class LoopServer(HTTPServer):
     def _accept_deferred(self) -> None:
         if self.loop is not None and not self._stopping:
             self._accept(self.loop)
-            self.loop.add(self.socket.fileno(), READ, self._on_accept)
+            self._watch_listener(self.loop)
+
+    def _watch_listener(self, loop: Loop) -> None:
+        # One idle worker woken per connection (EPOLLEXCLUSIVE), unless a busy one is
+        # to leave connections to the others: woken alone, it would leave them waiting.
+        exclusive = not self.defer_when_busy
+        loop.add(self.socket.fileno(), READ, self._on_accept, exclusive=exclusive)
 
     def _busy(self) -> bool:
         """Whether there are ``threads`` connections already, as HTTPServer counts."""

@@ -470,3 +470,40 @@ def test_close_releases_the_poller_and_the_wake_pair(
     a.close()
     b.close()
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_an_exclusive_listener_wakes_one_blocked_loop_per_connection(exclusive: bool) -> None:
+    """Several worker loops watch one listening socket: with ``exclusive`` a connection
+    wakes one of them (EPOLLEXCLUSIVE), without it every one (the thundering herd)."""
+    if not getattr(select, "EPOLLEXCLUSIVE", 0):
+        pytest.skip("no EPOLLEXCLUSIVE here")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    loops = [Loop(), Loop(), Loop()]
+    woken: list[int] = []
+    lock = threading.Lock()
+
+    def watch(index: int, loop: Loop) -> None:
+        def on_ready(mask: int) -> None:
+            with lock:
+                woken.append(index)
+            loop.remove(listener.fileno())  # seen: a woken loop does not take it
+
+        loop.add(listener.fileno(), READ, on_ready, exclusive=exclusive)
+        loop.run_once(2.0)  # blocked in epoll_wait when the connection comes
+
+    threads = [threading.Thread(target=watch, args=(i, lp)) for i, lp in enumerate(loops)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # every loop is waiting
+    client = socket.create_connection(listener.getsockname())
+    try:
+        for thread in threads:
+            thread.join(5)
+    finally:
+        client.close()
+        for made in loops:
+            made.close()
+        listener.close()
+    assert len(woken) == (1 if exclusive else 3)
