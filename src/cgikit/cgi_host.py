@@ -57,7 +57,13 @@ from urllib.parse import quote
 
 from cgikit import warm_spawn
 from cgikit._typing import StartResponse
-from cgikit.cgi_meta import UnsafeHeader, build_meta, inherited_environ, to_environb
+from cgikit.cgi_meta import (
+    UnsafeHeader,
+    build_meta,
+    environ_fields,
+    inherited_environ,
+    to_environb,
+)
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
 from cgikit.cgi_paths import (
     PATH_SAFE,
@@ -76,7 +82,6 @@ from cgikit.host_parts import (
     RequestBody,
     Script,
     find_script,
-    header_list,
     request_body,
 )
 
@@ -125,7 +130,7 @@ class HostRequest:
         self.query = query.decode("latin-1")
         self.uri = target.decode("latin-1")
         self.mount = list(_mount_segments(environ.get("SCRIPT_NAME", "")))
-        self.headers = header_list(environ)
+        self.fields = environ_fields(environ)  # HTTP_* name -> values (cgi_meta)
         self.body = request_body(environ, settings.max_body)
 
     def redirect(self, location: str) -> None:
@@ -137,7 +142,7 @@ class HostRequest:
         self.body = RequestBody(None, -1)
         self.path, query = split_target(location.encode("latin-1"))
         self.query, self.uri = query.decode("latin-1"), location
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != b"content-type"]
+        self.fields = {n: v for n, v in self.fields.items() if n != "HTTP_CONTENT_TYPE"}
 
     def below_mount(self) -> list[str] | None:
         """The normalised segments below the mount point, None if outside it."""
@@ -332,7 +337,8 @@ class CGIHost:
             path_info=path_info,
             query_string=request.query,
             request_uri=request.uri,
-            headers=request.headers,
+            headers=(),
+            fields=request.fields,
             content_length=length if length >= 0 else None,
             server_name=environ.get("SERVER_NAME", "localhost"),
             server_port=int(environ.get("SERVER_PORT", "80")),

@@ -96,6 +96,47 @@ def header_fields(
     return fields
 
 
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def environ_fields(environ: Mapping[str, object]) -> dict[str, list[str]]:
+    """``header_fields`` of the header fields a WSGI environ (or CGI variables) holds,
+    read straight from its HTTP_* keys and CONTENT_TYPE.
+
+    The same as ``header_fields`` of the fields rebuilt from the keys (``HTTP_X_FOO``
+    sent as ``X-FOO``): a key is kept iff its name is letters, digits, ``_`` and ``-``
+    (each stands for a ``-``), and upper-cased; HTTP_CONTENT_TYPE and
+    HTTP_CONTENT_LENGTH are not fields of a WSGI environ (PEP 3333: CONTENT_TYPE is).
+    A WSGI server has joined repeated fields: a name has one value, unless two keys
+    differ only in case.
+
+    Raises:
+        UnsafeHeader: a value holds NUL, CR or LF.
+    """
+    fields: dict[str, list[str]] = {}
+    for key, value in environ.items():
+        if key[:5] != "HTTP_" or not isinstance(value, str) or key in _PEP3333_DROPPED:
+            continue
+        value = _field_value(key, value)  # first, as header_fields: even a dropped one's
+        if len(key) > 5 and _KEY_CHARS.issuperset(key[5:]):  # else dropped, as there
+            fields.setdefault("HTTP_" + key[5:].upper().replace("-", "_"), []).append(value)
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type and isinstance(content_type, str):
+        value = _field_value("CONTENT_TYPE", content_type)
+        fields.setdefault("HTTP_CONTENT_TYPE", []).append(value)
+    return fields
+
+
+_PEP3333_DROPPED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+
+
+def _field_value(key: str, value: str) -> str:
+    if "\x00" in value or "\r" in value or "\n" in value:
+        raw = key[5:].replace("_", "-") if key.startswith("HTTP_") else "Content-Type"
+        raise UnsafeHeader(400, f"NUL, CR or LF in the value of {raw.encode('latin-1')!r}")
+    return value.strip(" \t")
+
+
 def server_name_from_host(host_values: list[str], default: str) -> str:
     """SERVER_NAME from the Host field values (RFC 3875 §4.1.14; module docstring)."""
     if len(host_values) > 1:
@@ -131,7 +172,7 @@ def inherited_environ(
 
 
 def _http_vars(
-    fields: dict[str, list[str]], *, pass_auth: bool, has_length: bool
+    fields: Mapping[str, list[str]], *, pass_auth: bool, has_length: bool
 ) -> dict[str, str]:
     """HTTP_* variables (RFC 3875 §4.1.18): repeated fields joined, ``; `` for Cookie."""
     out: dict[str, str] = {}
@@ -144,7 +185,7 @@ def _http_vars(
     return out
 
 
-def _content_type(fields: dict[str, list[str]]) -> str:
+def _content_type(fields: Mapping[str, list[str]]) -> str:
     values = fields.get("HTTP_CONTENT_TYPE", [])
     if len(set(values)) > 1:
         raise UnsafeHeader(400, "more than one Content-Type header field")
@@ -208,6 +249,7 @@ def build_meta(
     server_environ: Mapping[str, str] | None = None,
     pass_env: Iterable[str] = (),
     env: Iterable[tuple[str, str]] = (),
+    fields: Mapping[str, list[str]] | None = None,
 ) -> dict[str, str]:
     """The script's environment for one request (see the module docstring for the rules).
 
@@ -217,6 +259,8 @@ def build_meta(
             (``cgi_paths.split_script``); trailing ``/`` on script_name is trimmed (G4).
         query_string, request_uri: the raw query and request-target, latin-1 decoded.
         headers: the header fields as received, names and values in bytes.
+        fields: instead of ``headers``, what ``header_fields`` made of them (or
+            ``environ_fields`` of a WSGI environ's).
         content_length: the body's length after de-chunking, None when there is none.
         server_name: used when the request has no Host (or an empty one).
         remote_user, auth_type: only from authentication the server itself did.
@@ -226,7 +270,8 @@ def build_meta(
         ValueError: an argument the caller should never pass (a bug, answer 500).
     """
     _check_request(method, script_name, path_info, scheme, content_length)
-    fields = header_fields(headers, reject_underscore=reject_underscore_headers)
+    if fields is None:
+        fields = header_fields(headers, reject_underscore=reject_underscore_headers)
     meta = inherited_environ(server_environ or {}, pass_env)
     meta.update(
         GATEWAY_INTERFACE="CGI/1.1",  # §4.1.4

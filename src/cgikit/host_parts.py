@@ -5,8 +5,8 @@
 - ``RequestBody``: the request body as ``run_script`` pulls it, streamed from
   ``wsgi.input`` or spooled when its length is unknown (research G9).
 - ``NphOutput``: an NPH script's status line turned into a ``Status:`` field.
-- ``header_list`` and ``request_body``: the request's fields and body taken from a WSGI
-  environ (``Refused`` when the body cannot be taken: 400, 413).
+- ``request_body``: the request's body taken from a WSGI environ (``Refused`` when the
+  body cannot be taken: 400, 413).
 """
 
 from __future__ import annotations
@@ -203,21 +203,6 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
-
-
-def header_list(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """The request's header fields, rebuilt from the HTTP_* keys and CONTENT_TYPE."""
-    headers = [
-        (key[5:].replace("_", "-").encode("latin-1"), value.encode("latin-1"))
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-        and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")  # PEP 3333
-        and isinstance(value, str)
-    ]
-    content_type = environ.get("CONTENT_TYPE", "")
-    if content_type:
-        headers.append((b"Content-Type", content_type.encode("latin-1")))
-    return headers
 
 
 def request_body(environ: dict[str, Any], max_body: int) -> RequestBody:

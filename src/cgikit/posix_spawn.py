@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from typing import Final
 
@@ -181,28 +182,65 @@ def _devnull() -> int:
 def _spawn(
     lib: _Libc, path: bytes, args: list[bytes], envp: list[bytes], cwd: bytes, *fds: int
 ) -> int:
-    libc = lib.libc
-    actions = ctypes.create_string_buffer(_STRUCT_SIZE)
-    _check(libc.posix_spawn_file_actions_init(actions))
-    try:
-        # Non-zero is an errno; the first failure stops the chain.
-        err = (
-            libc.posix_spawn_file_actions_adddup2(actions, fds[0], 0)
-            or libc.posix_spawn_file_actions_adddup2(actions, fds[1], 1)
-            or libc.posix_spawn_file_actions_adddup2(actions, fds[2], 2)
-            or libc.posix_spawn_file_actions_addchdir_np(actions, cwd)
-            or libc.posix_spawn_file_actions_addclosefrom_np(actions, 3)
-        )
-        if not err:
-            pid = ctypes.c_int()
-            argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-            envp_c = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
-            err = libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_c)
-    finally:
-        libc.posix_spawn_file_actions_destroy(actions)
+    actions = _actions(lib, cwd, fds)
+    pid = ctypes.c_int()
+    argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+    envp_c = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+    err = lib.libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_c)
     if err:
         raise OSError(err, os.strerror(err), os.fsdecode(path))
     return pid.value
+
+
+class _Actions(threading.local):
+    """This thread's file actions, by (cwd, fds): a server's pipes come back with the
+    same numbers request after request, and a script directory is the same, so they
+    are built once rather than per spawn (building costs eight calls into libc, and
+    glibc checks each descriptor against RLIMIT_NOFILE: seven getrlimit syscalls).
+    posix_spawn only reads them; each thread has its own, so none is destroyed while
+    another thread spawns with it."""
+
+    def __init__(self) -> None:
+        self.made = _Kept()
+
+
+class _Kept(dict[tuple[bytes, tuple[int, ...]], "ctypes.Array[ctypes.c_char]"]):
+    """One thread's file actions; destroyed with it (libc holds memory for each)."""
+
+    def __del__(self) -> None:
+        if _libc is not None:
+            for actions in self.values():
+                _libc.libc.posix_spawn_file_actions_destroy(actions)
+
+
+_ACTIONS_KEPT: Final = 32  # per thread: the descriptors and directories seen lately
+_cached = _Actions()
+
+
+def _actions(lib: _Libc, cwd: bytes, fds: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]:
+    made = _cached.made
+    key = (cwd, fds)
+    actions = made.get(key)
+    if actions is not None:
+        return actions
+    libc = lib.libc
+    actions = ctypes.create_string_buffer(_STRUCT_SIZE)
+    _check(libc.posix_spawn_file_actions_init(actions))
+    # Non-zero is an errno; the first failure stops the chain.
+    err = (
+        libc.posix_spawn_file_actions_adddup2(actions, fds[0], 0)
+        or libc.posix_spawn_file_actions_adddup2(actions, fds[1], 1)
+        or libc.posix_spawn_file_actions_adddup2(actions, fds[2], 2)
+        or libc.posix_spawn_file_actions_addchdir_np(actions, cwd)
+        or libc.posix_spawn_file_actions_addclosefrom_np(actions, 3)
+    )
+    if err:
+        libc.posix_spawn_file_actions_destroy(actions)
+        raise OSError(err, os.strerror(err))
+    if len(made) >= _ACTIONS_KEPT:  # the oldest goes (dicts keep insertion order)
+        libc.posix_spawn_file_actions_destroy(made.pop(next(iter(made))))
+    made[key] = actions
+    return actions
 
 
 def _pipe(*, child_reads: bool) -> tuple[int, int]:

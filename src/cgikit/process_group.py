@@ -175,9 +175,14 @@ class ProcessGroup:
         Only after the script itself is reaped: its pid, the group id, cannot be reused
         while the group has members (POSIX), so the probe cannot hit a stranger.
         """
+        if not self._probe():  # the usual answer, and it needs no reaping first: a
+            return False  # zombie member still counts as one for the probe
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-self.pid, os.WNOHANG)[0]:
                 pass
+        return self._probe()
+
+    def _probe(self) -> bool:
         try:
             with contextlib.suppress(PermissionError):  # a member that changed its user
                 os.killpg(self.pid, 0)

@@ -18,6 +18,8 @@ from cgikit.cgi_meta import (
     DEFAULT_PATH,
     UnsafeHeader,
     build_meta,
+    environ_fields,
+    header_fields,
     to_environb,
 )
 from cgikit.cgi_paths import normalize_target, split_script, split_target
@@ -394,3 +396,79 @@ def test_property_only_allowed_names_and_no_nul(headers: Headers) -> None:
         assert name not in FORBIDDEN
         assert "\x00" not in value
     assert to_environb(got)
+
+
+# -- environ_fields: the header fields of a WSGI environ, read from its keys ---------------
+
+
+def rebuilt_fields(environ: dict[str, object]) -> dict[str, list[str]]:
+    """The oracle: the fields rebuilt from the HTTP_* keys (``HTTP_X_FOO`` sent as
+    ``X-FOO``) and CONTENT_TYPE, then put through ``header_fields``."""
+    headers = [
+        (key[5:].replace("_", "-").encode("latin-1"), value.encode("latin-1"))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+        and key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH")
+        and isinstance(value, str)
+    ]
+    content_type = environ.get("CONTENT_TYPE", "")
+    if isinstance(content_type, str) and content_type:
+        headers.append((b"Content-Type", content_type.encode("latin-1")))
+    return header_fields(headers)
+
+
+ENVIRON_KEYS = st.one_of(
+    st.sampled_from(["HTTP_HOST", "HTTP_X_FOO", "HTTP_x_foo", "HTTP_CONTENT_TYPE", "HTTP_"]),
+    st.sampled_from(["HTTP_CONTENT_LENGTH", "HTTP_COOKIE", "CONTENT_TYPE", "REQUEST_METHOD"]),
+    st.text("aZ9_-. ", max_size=6).map(lambda s: "HTTP_" + s),
+    st.text(st.characters(max_codepoint=255), max_size=10),
+)
+ENVIRON_VALUES = st.one_of(
+    st.text(st.characters(max_codepoint=255), max_size=10),
+    st.text(" \tab\r\n\x00", max_size=6),
+    st.integers(),  # not a str: not a header field
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(ENVIRON_KEYS, ENVIRON_VALUES, max_size=8))
+def test_environ_fields_is_header_fields_of_the_rebuilt_fields(environ: dict[str, object]) -> None:
+    try:
+        expected: dict[str, list[str]] | UnsafeHeader = rebuilt_fields(environ)
+    except UnsafeHeader as exc:
+        expected = exc
+    try:
+        got: dict[str, list[str]] | UnsafeHeader = environ_fields(environ)
+    except UnsafeHeader as exc:
+        got = exc
+    if isinstance(expected, UnsafeHeader):
+        assert isinstance(got, UnsafeHeader)
+        assert (got.status, got.reason) == (expected.status, expected.reason)
+    else:
+        assert got == expected
+
+
+def test_environ_fields_of_a_typical_environ() -> None:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": "text/plain",
+        "CONTENT_LENGTH": "3",
+        "HTTP_HOST": "example.com",
+        "HTTP_X_FORWARDED_FOR": " 1.2.3.4\t",
+        "HTTP_X.ODD": "dropped",
+        "HTTP_CONTENT_LENGTH": "3",
+        "wsgi.input": object(),
+    }
+    assert environ_fields(environ) == {
+        "HTTP_HOST": ["example.com"],
+        "HTTP_X_FORWARDED_FOR": ["1.2.3.4"],
+        "HTTP_CONTENT_TYPE": ["text/plain"],
+    }
+    with pytest.raises(UnsafeHeader, match="X-BAD"):
+        environ_fields({"HTTP_X_BAD": "a\nb"})
+
+
+def test_build_meta_takes_fields_or_headers_alike() -> None:
+    headers = [(b"Host", b"example.com"), (b"Cookie", b"a=1"), (b"Cookie", b"b=2")]
+    fields = header_fields(headers)
+    assert meta_for(b"/x/y?q", headers) == meta_for(b"/x/y?q", (), fields=fields)
