@@ -62,7 +62,7 @@ from cgikit.cgi_meta import (
     build_meta,
     environ_fields,
     inherited_environ,
-    to_environb,
+    to_envp,
 )
 from cgikit.cgi_output import CLIENT_REDIRECT, LOCAL_REDIRECT, Body, Head, ScriptOutputError
 from cgikit.cgi_paths import (
@@ -109,7 +109,7 @@ class Launch:
 
     script: Script
     argv: list[str]
-    env: dict[bytes, bytes]
+    env: list[bytes]  # execve's NAME=value strings
     cwd: str
     nph: bool  # RFC 3875 §5: its output starts with an HTTP status line
     warm: warm_spawn.WarmSpawner | None  # warm mode's spawner, tried first (None: exec it)
@@ -267,7 +267,7 @@ class CGIHost:
             raise Refused(500, f"cannot build the environment: {bad}") from None
         # RFC 3875 §7.2: the script's directory is its working directory (research G10).
         cwd = os.path.dirname(script.filename)
-        argv, env = list(script.argv), to_environb(meta)
+        argv, env = list(script.argv), to_envp(meta)
         return Launch(script, argv, env, cwd, _is_nph(script), self.warm_spawner())
 
     def warm_spawner(self) -> warm_spawn.WarmSpawner | None:

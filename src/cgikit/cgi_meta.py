@@ -323,3 +323,35 @@ def to_environb(meta: Mapping[str, str]) -> dict[bytes, bytes]:
             if not name or "=" in name or "\x00" in name or "\x00" in value:
                 raise ValueError(f"cannot put {name!r} in an environment")
     return {name.encode("latin-1"): value.encode("latin-1") for name, value in meta.items()}
+
+
+# A script's environment as a runner takes it: ``to_environb``'s mapping, or the
+# ``NAME=value`` strings of execve (``to_envp``, what the event-driven path makes).
+Environment = Mapping[bytes, bytes] | list[bytes]
+
+
+def to_envp(meta: Mapping[str, str]) -> list[bytes]:
+    """``to_environb``'s environment as execve's ``NAME=value`` strings (per request:
+    one encode a variable, where the mapping and then the strings take two and a join).
+
+    Raises:
+        ValueError: as ``to_environb``.
+    """
+    names = "\n".join(meta)
+    if "" in meta or "=" in names or "\x00" in names or "\x00" in "".join(meta.values()):
+        to_environb(meta)  # raises, naming the culprit
+    return [(name + "=" + value).encode("latin-1") for name, value in meta.items()]
+
+
+def envp_of(env: Environment) -> list[bytes]:
+    """An ``Environment`` as execve's ``NAME=value`` strings."""
+    if isinstance(env, list):
+        return env
+    return [name + b"=" + value for name, value in env.items()]
+
+
+def environb_of(env: Environment) -> dict[bytes, bytes]:
+    """An ``Environment`` as a mapping (Popen's ``env``)."""
+    if isinstance(env, list):
+        return dict(entry.split(b"=", 1) for entry in env)
+    return dict(env)

@@ -64,6 +64,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Final, TypeAlias
 
+from cgikit.cgi_meta import Environment
 from cgikit.cgi_output import Body, EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
 from cgikit.client_socket import peek_client
 from cgikit.process_group import ProcessGroup, Spawned, spawn
@@ -89,7 +90,7 @@ class ScriptTimeout(Exception):
 
 def run_script(
     argv: Sequence[bytes | str],
-    env: dict[bytes, bytes],
+    env: Environment,
     cwd: str,
     body: Callable[[int], bytes],
     *,
@@ -106,7 +107,7 @@ def run_script(
 ) -> ScriptRun:
     """Start the script; the returned ``ScriptRun`` runs it as it is iterated.
 
-    ``env`` is the whole environment (``cgi_meta.to_environb``): nothing of the
+    ``env`` is the whole environment (``cgi_meta.to_envp`` or ``to_environb``): nothing of the
     server's own is inherited (research §3 row 11). ``cwd`` is the script's directory.
     ``body(n)`` returns up to ``n`` bytes of the request body, ``b""`` at its end. When
     the script stops reading early, at most ``max_drain`` more bytes are pulled from

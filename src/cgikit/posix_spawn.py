@@ -29,6 +29,8 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
+from cgikit.cgi_meta import Environment, envp_of
+
 __all__ = ["Child", "available", "close_ends", "pipes", "prepare", "spawn"]
 
 _STRUCT_SIZE: Final = 1024  # room for glibc's posix_spawn_file_actions_t / attr_t (<400)
@@ -122,9 +124,7 @@ def available() -> bool:
     return _libc is not None
 
 
-def spawn(
-    argv: Sequence[str], env: dict[bytes, bytes], cwd: str, *, null_stdin: bool = False
-) -> Child:
+def spawn(argv: Sequence[str], env: Environment, cwd: str, *, null_stdin: bool = False) -> Child:
     """Start ``argv`` in ``cwd`` with exactly ``env`` and new pipes for 0, 1 and 2
     (``null_stdin``: stdin is /dev/null, and ``Child.stdin`` None).
 
@@ -135,7 +135,7 @@ def spawn(
         raise RuntimeError("posix_spawn with chdir and closefrom is not available")
     path = os.fsencode(argv[0])
     args = [os.fsencode(a) for a in argv]
-    envp = [k + b"=" + v for k, v in env.items()]
+    envp = envp_of(env)
     parents, children = pipes(null_stdin=null_stdin)
     try:
         pid = _spawn(_libc, path, args, envp, os.fsencode(cwd), *children)

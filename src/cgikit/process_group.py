@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Final, Protocol
 
 from cgikit import posix_spawn
+from cgikit.cgi_meta import Environment, environb_of
 from cgikit.warm_spawn import WarmSpawner
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
@@ -39,7 +40,7 @@ _live_lock = threading.Lock()
 
 def spawn(
     argv: Sequence[bytes | str],
-    env: dict[bytes, bytes],
+    env: Environment,
     cwd: str,
     warm: WarmSpawner | None = None,
     log: Callable[[str], None] = lambda line: None,
@@ -70,7 +71,7 @@ def spawn(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
-        env=env,  # bytes, exactly these: no inheritance
+        env=environb_of(env),  # bytes, exactly these: no inheritance
         close_fds=True,
         start_new_session=True,  # its own process group (research §3 row 10)
     )

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Final, Protocol
 
 from cgikit import posix_spawn
+from cgikit.cgi_meta import Environment
 from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptOutputError
 from cgikit.event_loop import READ, WRITE, Loop
 from cgikit.process_group import Process, ProcessGroup, spawn
@@ -74,7 +75,7 @@ class ScriptTask:
     def __init__(
         self,
         loop: Loop,
-        launch: tuple[Sequence[str], dict[bytes, bytes], str],
+        launch: tuple[Sequence[str], Environment, str],
         body: bytes,
         parser: ScriptOutput,
         owner: ScriptOwner,
@@ -388,7 +389,7 @@ class ScriptTask:
 
 def _start(
     argv: Sequence[str],
-    env: dict[bytes, bytes],
+    env: Environment,
     cwd: str,
     no_input: bool,
     warm: WarmSpawner | None,

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from cgikit import posix_spawn
+from cgikit.cgi_meta import Environment, envp_of
 from cgikit.warm_plan import HEAD_BYTES, Cold, WarmPlan, plan
 
 __all__ = ["WarmChild", "WarmSpawner", "available", "close_all", "spawner"]
@@ -172,7 +173,7 @@ class Zygote:
             self._pump(timeout, lambda: self.ready or self.failure is not None)
             return self.ready
 
-    def run(self, argv: Sequence[str], cwd: str, env: dict[bytes, bytes], fds: Fds) -> int:
+    def run(self, argv: Sequence[str], cwd: str, env: Environment, fds: Fds) -> int:
         """Send the request to the next spare child, whose pid this returns: no answer
         to wait for (a spare that cannot compile the script execs it, as cold).
 
@@ -180,7 +181,7 @@ class Zygote:
             ConnectionError, OSError: the zygote is dead or stuck.
         """
         fields = [b"run", b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd)]
-        fields += [k + b"=" + v for k, v in env.items()]
+        fields += envp_of(env)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
             if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
@@ -277,7 +278,7 @@ class WarmSpawner:
         self.closed = False
 
     def spawn(
-        self, argv: Sequence[str], env: dict[bytes, bytes], cwd: str, *, null_stdin: bool, log: Log
+        self, argv: Sequence[str], env: Environment, cwd: str, *, null_stdin: bool, log: Log
     ) -> WarmChild | None:
         """The script forked by its zygote, or None: run it cold (module docstring)."""
         with self._lock:

@@ -19,8 +19,11 @@ from cgikit.cgi_meta import (
     UnsafeHeader,
     build_meta,
     environ_fields,
+    environb_of,
+    envp_of,
     header_fields,
     to_environb,
+    to_envp,
 )
 from cgikit.cgi_paths import normalize_target, split_script, split_target
 
@@ -367,6 +370,30 @@ def test_to_environb() -> None:
     for bad in ({"A=B": "c"}, {"": "c"}, {"A": "\x00"}, {"A": "\u20ac"}):
         with pytest.raises(ValueError):
             to_environb(bad)
+
+
+def test_to_envp_is_to_environb_as_execve_strings() -> None:
+    meta = {"PATH_INFO": "/caf\xc3\xa9", "HTTP_X": "a=b", "EMPTY": ""}
+    assert to_envp(meta) == [b"PATH_INFO=/caf\xc3\xa9", b"HTTP_X=a=b", b"EMPTY="]
+    assert to_envp({}) == []
+    assert to_envp(meta) == envp_of(to_environb(meta))
+    assert environb_of(to_envp(meta)) == to_environb(meta)
+    assert environb_of(to_environb(meta)) == to_environb(meta)
+    for bad in ({"A=B": "c"}, {"": "c"}, {"A": "\x00"}, {"A": "\u20ac"}, {"A\x00": "c"}):
+        with pytest.raises(ValueError):
+            to_envp(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=5))
+def test_to_envp_fails_or_agrees_with_to_environb(meta: dict[str, str]) -> None:
+    try:
+        expected = envp_of(to_environb(meta))
+    except ValueError:
+        with pytest.raises(ValueError):
+            to_envp(meta)
+        return
+    assert to_envp(meta) == expected
 
 
 ALLOWED = re.compile(
