@@ -402,9 +402,9 @@ class Connection:
         self._check_active(request_id)
         parts = []
         if protocol_status == wire.REQUEST_COMPLETE or self._stdout_sent:
-            parts.append(wire.encode_record(wire.STDOUT, request_id))  # §6.1: STDOUT is always sent
+            parts.append(wire.end_of_stream(wire.STDOUT, request_id))  # §6.1: always sent
         if self._stderr_sent:
-            parts.append(wire.encode_record(wire.STDERR, request_id))
+            parts.append(wire.end_of_stream(wire.STDERR, request_id))
         parts.append(wire.end_request_record(request_id, app_status, protocol_status))
         close = not self._keep_conn or self._eof
         self._end_request()

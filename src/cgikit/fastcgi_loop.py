@@ -21,6 +21,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, cast
 
@@ -56,6 +57,8 @@ class FastCGILoopServer:
         self.threaded = FastCGIServer(app, sock, threads=threads, multiprocess=shared)
         self.route: Any = dispatcher.fast_route
         self.socket = sock
+        self._accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.threads = threads
         self.loop: Loop | None = None
         self.connections: set[FrontConnection] = set()
@@ -119,14 +122,17 @@ class FastCGILoopServer:
 
     def _on_accept(self, mask: int) -> None:
         try:
-            sock, addr = self.socket.accept()
+            # socket.accept's work without its two enum conversions (per request):
+            # the C accept, and a socket of the listener's kind.
+            fd, addr = self._accept()
+            sock = socket.socket(*self._kind, fd)
         except OSError:  # EAGAIN (another worker took it), EMFILE
             return
         if self.loop is None:
             sock.close()
             return
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
+        if self._kind[0] != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else "unix"
         self.connections.add(FrontConnection(self, self.loop, sock, peer))

@@ -24,6 +24,7 @@ Choices (research: shared/research/fastcgi-anchors.md §5, §8):
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -162,12 +163,22 @@ def encode_record(
     )
 
 
+@functools.lru_cache(maxsize=256)
+def end_of_stream(record_type: int, request_id: int) -> bytes:
+    """The empty record that ends a stream (§3.3); remembered, as ``end_request_record``."""
+    return encode_record(record_type, request_id)
+
+
 def encode_stream(record_type: int, request_id: int, data: bytes | bytearray | memoryview) -> bytes:
     """Stream data as records of at most 65535 content bytes each, joined into one bytes.
 
     ``b""`` gives ``b""``: the empty record that ends a stream is written on purpose,
     with ``encode_record(record_type, request_id)``, never by accident of an empty write.
     """
+    length = len(data)
+    if 0 < length <= MAX_CONTENT:  # one record: the usual case, without a view
+        padding = -length % 8
+        return encode_header(record_type, request_id, length, padding) + data + _ZEROS[:padding]
     encode_header(record_type, request_id, 0)  # a bad id fails here, before any view exists
     view = memoryview(data).cast("B")
     parts: list[bytes | memoryview] = []
@@ -320,10 +331,12 @@ def decode_end_request(content: bytes | bytearray | memoryview) -> tuple[int, in
     return app_status, protocol_status
 
 
+@functools.lru_cache(maxsize=256)
 def end_request_record(
     request_id: int, app_status: int = 0, protocol_status: int = REQUEST_COMPLETE
 ) -> bytes:
-    """The whole END_REQUEST record for ``request_id``."""
+    """The whole END_REQUEST record for ``request_id`` (remembered: a server ends every
+    request with one of a few, web servers using ids 1, 2, ...)."""
     return encode_record(END_REQUEST, request_id, end_request_body(app_status, protocol_status))
 
 
