@@ -52,13 +52,16 @@ def find_script(root: str, segments: list[str], run_python: bool) -> Script:
     Raises:
         UnsafePath: 403 or 404 as above.
     """
-    path = real = root
+    # Joined with "/" by hand (per request; os.path.join costs more): a segment holds no
+    # "/", and only the root "/" ends with one, so it is taken off ("" + "/x").
+    path = real = root.rstrip("/")
     for index, segment in enumerate(segments):
         if segment == "":  # the trailing-slash marker: the path named a directory
             break
-        path = os.path.join(path, segment)
+        path += "/" + segment
+        step = real + "/" + segment
         try:
-            info = os.lstat(os.path.join(real, segment))
+            info = os.lstat(step)
         except OSError:
             raise UnsafePath(404, f"no such script: {path!r}") from None
         if stat.S_ISLNK(info.st_mode):  # only a symlink can lead elsewhere: resolve it
@@ -70,14 +73,14 @@ def find_script(root: str, segments: list[str], run_python: bool) -> Script:
             except OSError:
                 raise UnsafePath(404, f"no such script: {path!r}") from None
         else:  # ``real`` stays real: a plain name below a real directory
-            real = os.path.join(real, segment)
+            real = step
         if stat.S_ISDIR(info.st_mode):
             continue
         name = "/".join(segments[: index + 1])  # the path below the directory
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath(403, f"not a regular file: {name!r}")
         return Script(_argv(real, path, name, run_python), path, index + 1, name)
-    raise UnsafePath(404, f"no script in {path!r}")
+    raise UnsafePath(404, f"no script in {path or '/'!r}")
 
 
 def _argv(real: str, path: str, name: str, run_python: bool) -> tuple[str, ...]:

@@ -185,10 +185,11 @@ class ProcessGroup:
 
     def _probe(self) -> bool:
         try:
-            with contextlib.suppress(PermissionError):  # a member that changed its user
-                os.killpg(self.pid, 0)
+            os.killpg(self.pid, 0)
         except ProcessLookupError:
             return False
+        except PermissionError:  # a member that changed its user: still a member
+            pass
         return True
 
     def log_status(self, killed: str | None) -> None:
