@@ -87,6 +87,11 @@ class FrontConnection:
         if mask & READ and not (self.closed or self.handed or self.eof):
             self._read()
 
+    def read_now(self) -> None:
+        """Read what has arrived, if anything, without waiting for the loop."""
+        if not (self.closed or self.handed or self.eof):
+            self._read()
+
     def _read(self) -> None:
         try:
             data = self.sock.recv(_RECV)

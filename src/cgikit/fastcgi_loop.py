@@ -135,7 +135,11 @@ class FastCGILoopServer:
         if self._kind[0] != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else "unix"
-        self.connections.add(FrontConnection(self, self.loop, sock, peer))
+        conn = FrontConnection(self, self.loop, sock, peer)
+        self.connections.add(conn)
+        # A web server writes its request as it connects: it is most often here
+        # already, and reading it now saves a round of the loop.
+        conn.read_now()
 
     # -- the threaded path -----------------------------------------------------------
 
