@@ -91,6 +91,7 @@ class FastCGILoopServer:
             for conn in list(self.connections):
                 conn.abort("the server is stopping")
             self._workers.shutdown(wait=False, cancel_futures=True)
+            self.threaded.release_pool()  # its pool never runs: its loop's descriptors go
             loop.close()
             self._done.set()
 

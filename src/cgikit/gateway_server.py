@@ -223,6 +223,7 @@ class GatewayServer:
             self._done.wait(timeout + 10.0)
         else:
             self._close_sockets()
+            self.release_pool()
 
     def begin_shutdown(self, timeout: float = 10.0) -> bool:
         """``shutdown`` without the wait, from any thread (the app's too: a worker that
@@ -235,6 +236,12 @@ class GatewayServer:
         if serving and first:
             self._pool.stop(timeout)
         return serving
+
+    def release_pool(self) -> None:
+        """Close the pool's event loop if ``serve_forever`` never ran it (a server whose
+        connection code another front borrows: ``fastcgi_loop``); its run closes it."""
+        if not self._serving:
+            self._pool.loop.close()
 
     def __enter__(self) -> GatewayServer:
         return self

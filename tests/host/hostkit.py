@@ -109,8 +109,19 @@ def children() -> set[str]:
 def no_leaks() -> Iterator[None]:
     fds, kids = set(os.listdir("/proc/self/fd")), children()
     yield
-    assert set(os.listdir("/proc/self/fd")) == fds
+    now = set(os.listdir("/proc/self/fd"))
+    assert now == fds, {"opened": _described(now - fds), "closed": sorted(fds - now)}
     assert children() == kids
+
+
+def _described(fds: set[str]) -> dict[str, str]:
+    found = {}
+    for fd in sorted(fds):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            found[fd] = "?"
+    return found
 
 
 def write_script(root: Path, name: str, interpreter: str, text: str, mode: int = 0o755) -> Path:

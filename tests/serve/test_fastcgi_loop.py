@@ -11,6 +11,7 @@ paths, and an abort.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
@@ -204,3 +205,33 @@ def test_an_abort_ends_the_script_and_the_request(
         reply = read_reply(sock)
         assert reply.end is not None and time.monotonic() - started < 5
     assert same(ask(port(looped), REQUESTS["hello"])[0])[0].endswith(b"hello\n")
+
+
+def test_a_stopped_loop_server_leaves_no_descriptor_open(site: Path) -> None:
+    """Every descriptor the loop server opened is closed by the time it has stopped,
+    the unused loop of the threaded half it borrows from included (not left to the
+    garbage collector, which closed it in the middle of a later test)."""
+    sock = listen(parse_address("127.0.0.1:0"))
+    before = set(os.listdir("/proc/self/fd"))
+    dispatcher = _dispatcher(site)
+    looped = FastCGILoopServer(BodyFirst(dispatcher, 1 << 20), dispatcher, sock, 2)
+    thread = threading.Thread(target=looped.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (reply,) = ask(port(looped), (cgi("hello.sh"), b""))
+        assert reply.stdout.endswith(b"hello\n")
+    finally:
+        looped.shutdown(2.0)
+        thread.join(10)
+    assert not thread.is_alive()
+    # Only what it opened: another test's garbage may be collected meanwhile.
+    opened = set(os.listdir("/proc/self/fd")) - before
+    assert not opened, {fd: _target(fd) for fd in opened}
+    sock.close()
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "closed"
