@@ -103,7 +103,10 @@ TEXT_PLAIN = ("Content-Type", "text/plain; charset=utf-8")  # the host's own ans
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class Launch:
     """How to start the script of a request: ``argv`` in ``cwd`` with exactly ``env``."""
 

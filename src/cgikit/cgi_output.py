@@ -90,7 +90,10 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class Head:
     """The response head a script gave, checked and classified (RFC 3875 §6.2, §6.3).
 
@@ -121,14 +124,14 @@ class Head:
         return self.kind != LOCAL_REDIRECT and self.status not in NO_BODY_STATUSES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Body:
     """Body bytes, as many as have arrived since the last event."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndOfOutput:
     """The script's stdout closed after a complete head: the response is whole."""
 

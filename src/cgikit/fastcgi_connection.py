@@ -80,7 +80,10 @@ _APP_TYPES: Final = frozenset(
 _PARAMS, _STDIN, _STDIN_DONE = "params", "stdin", "stdin done"
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class RequestStarted:
     """A BEGIN_REQUEST was accepted: ``request_id`` is now the active request (§5.1)."""
 
@@ -89,7 +92,7 @@ class RequestStarted:
     keep_conn: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRejected:
     """A BEGIN_REQUEST was answered with END_REQUEST(``protocol_status``) (§5.5).
 
@@ -101,7 +104,7 @@ class RequestRejected:
     close_connection: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Params:
     """The whole PARAMS stream of the request, decoded (§5.2); a repeated name's last value.
 
@@ -117,7 +120,7 @@ class Params:
         return {k.encode("latin-1"): v.encode("latin-1") for k, v in self.meta.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StdinData:
     """The content of one STDIN record (never empty)."""
 
@@ -125,21 +128,21 @@ class StdinData:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StdinEnded:
     """The empty STDIN record: the request body is complete (§5.3)."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestAborted:
     """ABORT_REQUEST (§5.4), or EOF while the request was active; call ``end_request``."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionClosed:
     """The web server closed the connection, and every earlier record has been handled."""
 
@@ -156,7 +159,7 @@ Event: TypeAlias = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestEnd:
     """What ``end_request`` gives: the bytes to write, and whether to close after them."""
 

@@ -106,7 +106,10 @@ def type_name(record_type: int) -> str:
 # -- the record header (§3.3) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class RecordHeader:
     """The fields of one record header; the reserved byte is not kept."""
 
@@ -364,7 +367,7 @@ def get_values_result_record(values: Mapping[bytes, bytes]) -> bytes:
 # -- reading records --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """One received record: its type, request id and content (padding dropped)."""
 

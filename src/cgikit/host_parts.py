@@ -26,7 +26,10 @@ SPOOL_MEMORY = 1 << 20  # a spooled body moves to a temporary file past this
 MAX_STATUS_LINE = 8192
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class Script:
     """A script found for a request: how to run it and how the path splits at it."""
 

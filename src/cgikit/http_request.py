@@ -82,7 +82,10 @@ _SUPPORTED: Final = ((1, 0), (1, 1))
 _MAX_LENGTH_DIGITS: Final = 18  # below 2**63: no int() of a 5000-digit string
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class Request:
     """A request head, checked (RFC 9112 §3, §5, §6).
 
@@ -102,21 +105,21 @@ class Request:
     expect_continue: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data:
     """Body bytes (de-chunked), as many as have arrived since the last event."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndOfMessage:
     """The request's body is complete; ``trailers`` are a chunked body's trailer fields."""
 
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionClosed:
     """The client closed the connection between two requests."""
 

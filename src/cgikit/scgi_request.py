@@ -74,7 +74,10 @@ _MAX_LENGTH_DIGITS: Final = 18  # below 2**63: no int() of a 5000-digit string
 _COOKIE: Final = b"HTTP_COOKIE"
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen (here and below): made per request, and a frozen
+# dataclass's __init__ costs three times as much (an object.__setattr__ call a field,
+# in the compiled build too).
+@dataclass(slots=True)
 class Headers:
     """The request's headers, checked (SCGI spec; research §5 SCGI items 1-5).
 
@@ -87,14 +90,14 @@ class Headers:
     content_length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Body:
     """Body bytes, as many as have arrived since the last event (never past the end)."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndOfBody:
     """All CONTENT_LENGTH bytes of the body have been handed out."""
 
