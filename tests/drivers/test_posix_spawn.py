@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from cgikit import posix_spawn
+from cgikit.cgi_meta import Environment
 from drivers.proc_checks import children, open_fds, write_script
 
 pytestmark = pytest.mark.skipif(
@@ -123,7 +124,7 @@ def wait_for(child: posix_spawn.Child, timeout: float = 5.0) -> int | None:
 
 def run(
     argv: list[str],
-    env: dict[bytes, bytes] | None = None,
+    env: Environment | None = None,
     cwd: str = "/",
     data: bytes = b"",
     *,
@@ -148,6 +149,17 @@ def test_environment_is_exactly_the_given_one(monkeypatch: pytest.MonkeyPatch) -
     out, err, code = run(["/usr/bin/env"], env)
     assert (code, err) == (0, b"")
     assert out == b"".join(k + b"=" + v + b"\n" for k, v in env.items())
+
+
+def test_an_environment_of_strings_arrives_whole_and_in_order() -> None:
+    """As the host passes it (cgi_meta.to_envp): NAME=value strings, many, of every
+    length, one of them longer than a page."""
+    envp = [b"PATH=/usr/bin:/bin", b"E=", b"Q=a=b"]
+    envp += [b"V_%d=%s" % (n, b"x" * n) for n in range(0, 300, 7)]
+    envp.append(b"LONG=" + b"\xe9" * 5000)
+    out, err, code = run(["/usr/bin/env"], envp)
+    assert (code, err) == (0, b"")
+    assert out == b"".join(entry + b"\n" for entry in envp)
 
 
 def test_an_empty_environment_stays_empty() -> None:
