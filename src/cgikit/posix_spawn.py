@@ -188,20 +188,26 @@ def _spawn(
     actions = _actions(lib, cwd, fds)
     pid = ctypes.c_int()
     argv_c = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-    # The environment as one block and a pointer array into it (the block stays alive
-    # in ``block`` through the call): a c_char_p array converts each of the twenty-odd
-    # strings one by one, at twice the cost.
-    block = b"\0".join(envp) + b"\0"
-    start = ctypes.cast(ctypes.c_char_p(block), ctypes.c_void_p).value or 0
-    pointers = list(itertools.accumulate([len(entry) + 1 for entry in envp], initial=start))
-    pointers[-1] = 0  # the NULL that ends envp
-    envp_c = array.array(_POINTER, pointers)
-    envp_at = ctypes.c_void_p(envp_c.buffer_info()[0])
-    err = lib.libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_at)
-    del block  # a use after the call: a compiled build may drop a local after its last
+    envp_c = _environment_block(envp)
+    err = lib.libc.posix_spawn(ctypes.byref(pid), path, actions, lib.attr, argv_c, envp_c)
     if err:
         raise OSError(err, os.strerror(err), os.fsdecode(path))
     return pid.value
+
+
+def _environment_block(envp: list[bytes]) -> ctypes.Array[ctypes.c_char]:
+    """execve's envp in one buffer: the NULL-ended pointer array, then the strings it
+    points to. A c_char_p array converts each of the twenty-odd strings by itself, at
+    several times the cost; and one object keeps the strings alive through the call
+    (a compiled build may free a local after its last use, before the call)."""
+    strings = b"\0".join(envp) + b"\0"
+    head = (len(envp) + 1) * ctypes.sizeof(ctypes.c_void_p)
+    block = ctypes.create_string_buffer(head + len(strings))
+    start = ctypes.addressof(block) + head
+    pointers = list(itertools.accumulate([len(entry) + 1 for entry in envp], initial=start))
+    pointers[-1] = 0  # the NULL that ends envp
+    ctypes.memmove(block, array.array(_POINTER, pointers).tobytes() + strings, len(block))
+    return block
 
 
 class _Actions(threading.local):

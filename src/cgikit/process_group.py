@@ -28,7 +28,7 @@ from typing import IO, Final, Protocol
 
 from cgikit import posix_spawn
 from cgikit.cgi_meta import Environment, environb_of
-from cgikit.warm_spawn import WarmSpawner
+from cgikit.warm_spawn import WarmChild, WarmSpawner
 
 KILL_WAIT: Final = 1.0  # how long a SIGKILLed group may take to disappear
 
@@ -80,7 +80,7 @@ def spawn(
 class _Spawned:
     """A ``posix_spawn.Child`` with Popen's face: its pipes as unbuffered file objects."""
 
-    def __init__(self, child: posix_spawn.Child) -> None:
+    def __init__(self, child: posix_spawn.Child | WarmChild) -> None:
         self._child, self.pid = child, child.pid
         if child.stdin is None:
             raise RuntimeError("a pipe was asked for stdin")

@@ -42,7 +42,7 @@ from cgikit.cgi_output import EndOfOutput, Head, NeedData, ScriptOutput, ScriptO
 from cgikit.event_loop import READ, WRITE, Loop
 from cgikit.process_group import Process, ProcessGroup, spawn
 from cgikit.stderr_log import StderrLog
-from cgikit.warm_spawn import WarmSpawner
+from cgikit.warm_spawn import WarmChild, WarmSpawner
 
 __all__ = ["ScriptOwner", "ScriptTask"]
 
@@ -93,7 +93,7 @@ class ScriptTask:
             raise
         self.group = ProcessGroup(proc, self._grace, log, name)
         self._stdin, self._stdout, self._stderr = fds
-        if not isinstance(proc, posix_spawn.Child):  # Popen's pipes block
+        if not isinstance(proc, posix_spawn.Child | WarmChild):  # Popen's pipes block
             for fd in fds:
                 if fd is not None:
                     os.set_blocking(fd, False)

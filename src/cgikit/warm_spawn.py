@@ -72,13 +72,17 @@ def available() -> bool:
     return hasattr(os, "pidfd_open") and os.path.isdir("/proc/self")
 
 
-class WarmChild(posix_spawn.Child):
-    """A script forked by a zygote (module docstring): ``poll`` and ``wait`` as Popen's."""
+class WarmChild:
+    """A script forked by a zygote (module docstring): ``poll`` and ``wait`` as Popen's;
+    its pipes as ``posix_spawn.Child``'s (non-blocking). Not a subclass of it: that
+    one is compiled in the optional build, and a compiled class takes none."""
 
-    __slots__ = ("_pidfd", "_zygote")
+    __slots__ = ("_pidfd", "_zygote", "pid", "returncode", "stderr", "stdin", "stdout")
 
     def __init__(self, pid: int, ends: tuple[int | None, int, int], zygote: Zygote) -> None:
-        super().__init__(pid, *ends)
+        self.pid = pid
+        self.stdin, self.stdout, self.stderr = ends
+        self.returncode: int | None = None
         self._zygote = zygote
         try:
             self._pidfd = os.pidfd_open(pid)
