@@ -317,12 +317,17 @@ def to_environb(meta: Mapping[str, str]) -> dict[bytes, bytes]:
         ValueError: a name is empty or holds ``=`` or NUL, a value holds NUL, or a
             string is not latin-1 (UnicodeEncodeError is a ValueError).
     """
+    _check_environment(meta)
+    return {name.encode("latin-1"): value.encode("latin-1") for name, value in meta.items()}
+
+
+def _check_environment(meta: Mapping[str, str]) -> None:
+    """No empty name, no ``=`` in a name, no NUL anywhere; else ValueError."""
     names = "\n".join(meta)  # checked at once (per request); the loop names the culprit
     if "" in meta or "=" in names or "\x00" in names or "\x00" in "".join(meta.values()):
         for name, value in meta.items():
             if not name or "=" in name or "\x00" in name or "\x00" in value:
                 raise ValueError(f"cannot put {name!r} in an environment")
-    return {name.encode("latin-1"): value.encode("latin-1") for name, value in meta.items()}
 
 
 # A script's environment as a runner takes it: ``to_environb``'s mapping, or the
@@ -337,9 +342,7 @@ def to_envp(meta: Mapping[str, str]) -> list[bytes]:
     Raises:
         ValueError: as ``to_environb``.
     """
-    names = "\n".join(meta)
-    if "" in meta or "=" in names or "\x00" in names or "\x00" in "".join(meta.values()):
-        to_environb(meta)  # raises, naming the culprit
+    _check_environment(meta)
     return [(name + "=" + value).encode("latin-1") for name, value in meta.items()]
 
 

@@ -29,8 +29,7 @@ from cgikit import posix_spawn
 from cgikit.event_loop import READ, Loop
 from cgikit.fastcgi_front import FrontConnection
 from cgikit.fastcgi_server import FastCGIServer
-from cgikit.gateway_peers import peer_allowed
-from cgikit.gateway_socket import peer_name, set_socket_options
+from cgikit.gateway_socket import set_socket_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -130,10 +129,7 @@ class FastCGILoopServer:
             sock = socket.socket(*self._kind, fd)
         except OSError:  # EAGAIN (another worker took it), EMFILE
             return
-        allowed = self.threaded.allowed_peers
-        if self.loop is None or (allowed is not None and not peer_allowed(addr, allowed)):
-            if self.loop is not None:  # FastCGI 1.0 §3.2, as the threaded server's _admit
-                self.log(f"{peer_name(addr)}: not in FCGI_WEB_SERVER_ADDRS, connection closed")
+        if self.loop is None or not self.threaded.admits(addr):  # FCGI_WEB_SERVER_ADDRS
             sock.close()
             return
         sock.setblocking(False)

@@ -180,8 +180,7 @@ def encode_stream(record_type: int, request_id: int, data: bytes | bytearray | m
     """
     length = len(data)
     if 0 < length <= MAX_CONTENT:  # one record: the usual case, without a view
-        padding = -length % 8
-        return encode_header(record_type, request_id, length, padding) + data + _ZEROS[:padding]
+        return encode_record(record_type, request_id, data)
     encode_header(record_type, request_id, 0)  # a bad id fails here, before any view exists
     view = memoryview(data).cast("B")
     parts: list[bytes | memoryview] = []

@@ -276,13 +276,20 @@ class GatewayServer:
 
     def _admit(self, sock: socket.socket, addr: object) -> Held | None:
         """A connection just accepted (on the poller's thread): held, or refused and closed."""
-        peer = peer_name(addr)
-        if self.allowed_peers is not None and not peer_allowed(addr, self.allowed_peers):
-            # FastCGI 1.0 §3.2: a peer not in FCGI_WEB_SERVER_ADDRS is closed at once.
-            self.log(f"{peer}: not in {self.peers_variable}, connection closed")
+        if not self.admits(addr):
             sock.close()
             return None
-        return Held(sock, peer)
+        return Held(sock, peer_name(addr))
+
+    def admits(self, addr: object) -> bool:
+        """Whether the peer ``accept`` gave may be served; a refusal is logged.
+
+        FastCGI 1.0 §3.2: a peer not in FCGI_WEB_SERVER_ADDRS is closed at once.
+        """
+        if self.allowed_peers is None or peer_allowed(addr, self.allowed_peers):
+            return True
+        self.log(f"{peer_name(addr)}: not in {self.peers_variable}, connection closed")
+        return False
 
     def _serve(self, held: Held) -> bool:
         """Serve what ``held`` has at hand (a worker, or the loop); True keeps it."""
