@@ -469,5 +469,9 @@ def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     try:
         serve(app, meta, errors, make_log(errors, script, stamped), options, out=out)
     finally:
+        if out != STDOUT:
+            # The response is whole: the server sees its end now, not at the exit (an
+            # interpreter's finalization takes milliseconds, an app's atexit more).
+            os.close(out)
         if errors is not sys.stderr:
             errors.close()

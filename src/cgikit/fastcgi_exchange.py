@@ -131,6 +131,9 @@ class FastCGIExchange(LoopExchange):
     def _frame_head(self, status: str, headers: list[tuple[str, str]]) -> bytes:
         return serialize_cgi(status, headers)
 
+    def _end_body(self) -> None:
+        pass  # the stream's end goes with END_REQUEST, once the script is gone
+
     def _complete(self) -> None:
         self._finish(keep=True)
 

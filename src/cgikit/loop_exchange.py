@@ -113,6 +113,7 @@ class LoopExchange:
         self.nph = False
         self._head: tuple[str, list[tuple[str, str]]] | None = None  # not sent yet
         self.done = False
+        self.body_ended = False  # the client has the body's end (script_output_end)
 
     def log(self, line: str) -> None:
         """A host line (the framing may send it elsewhere: FastCGI's STDERR)."""
@@ -212,15 +213,26 @@ class LoopExchange:
         if self.task is not None and not self.done:
             self.task.resume()
 
+    def script_output_end(self) -> None:
+        """The script's output is whole, though it may not have exited yet: the body's
+        end goes out now. The exit can take a while (a warm child's address space torn
+        down, its status relayed by its zygote: 1-2 ms), and the client need not wait
+        for it. The exchange itself ends, access line and all, with ``script_end``."""
+        if self.done or self.body_ended:
+            return
+        self.body_ended = True
+        if self._head is not None:  # no body came: the head goes alone
+            length = None if self.method == "HEAD" else 0
+            self.conn.write(self._send_head(length))
+        self._end_body()
+
     def script_end(self, error: tuple[int, str] | None) -> None:
         if self.done:  # answered already (the client went away, the server stopped)
             return
         task, self.task = self.task, None
         name = task.name if task is not None else "?"
         if error is None:
-            if self._head is not None:  # no body came: the head goes alone
-                length = None if self.method == "HEAD" else 0
-                self.conn.write(self._send_head(length))
+            self.script_output_end()
             self._complete()
             return
         status, reason = error
@@ -259,10 +271,13 @@ class LoopExchange:
             return b"%x\r\n%b\r\n" % (len(data), data)
         return data
 
-    def _complete(self) -> None:
-        """The script ended well and the head is out: end the body."""
+    def _end_body(self) -> None:
+        """The head is out and the body whole: its end, as framed."""
         if self.framing == "chunked":
             self.conn.write(b"0\r\n\r\n")  # RFC 9112 §7.1: the last chunk, no trailer
+
+    def _complete(self) -> None:
+        """The script ended well, and the body's end is out."""
         self._finish(keep=self.keep_alive and self.framing != "close")
 
     def _cut(self) -> None:

@@ -58,6 +58,7 @@ class ScriptOwner(Protocol):
 
     def script_head(self, head: Head) -> None: ...
     def script_body(self, data: bytes) -> None: ...
+    def script_output_end(self) -> None: ...
     def script_end(self, error: tuple[int, str] | None) -> None: ...
 
 
@@ -231,6 +232,7 @@ class ScriptTask:
                 self.owner.script_head(event)
             elif isinstance(event, EndOfOutput):
                 self._output_done = True
+                self.owner.script_output_end()
                 self._settle()
             else:
                 self.owner.script_body(event.data)

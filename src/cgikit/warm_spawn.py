@@ -47,13 +47,20 @@ __all__ = ["WarmChild", "WarmSpawner", "available", "close_all", "spawner"]
 # reads it before it gives root up, and the user it then runs scripts as may not be
 # able to read the file (a checkout in a private directory). The command line stays
 # short: a loader that reads the pipe, named so that ps shows what the process is.
-ZYGOTE_SOURCE: Final = (Path(__file__).parent / "warm_zygote.py").read_bytes()
+# Two files: warm_pages.py runs first, as a module object the zygote finds in its
+# globals (no import: scripts' interpreters need not have cgikit), then warm_zygote.py.
+ZYGOTE_SOURCE: Final = b"\0".join(
+    (Path(__file__).parent / name).read_bytes() for name in ("warm_pages.py", "warm_zygote.py")
+)
 _LOADER: Final = (
-    "import os, sys  # cgikit warm_zygote\n"
+    "import os, sys, types  # cgikit warm_zygote\n"
     "fd, code = int(sys.argv.pop(1)), b''\n"
     "while chunk := os.read(fd, 65536):\n"
     "    code += chunk\n"
     "os.close(fd)\n"
+    "pages, code = code.split(b'\\0')\n"
+    "warm_pages = types.ModuleType('warm_pages')\n"
+    "exec(compile(pages, 'cgikit-warm-pages', 'exec'), vars(warm_pages))\n"
     "exec(compile(code, 'cgikit-warm-zygote', 'exec'))\n"
 )
 REPLY_TIMEOUT: Final = 5.0  # a zygote slower to name a spare or an exit is taken for dead

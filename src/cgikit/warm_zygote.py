@@ -56,9 +56,13 @@ import sys
 import types
 from importlib.machinery import SourceFileLoader
 
+if "warm_pages" not in globals():  # imported, not run by warm_spawn's loader (which
+    from cgikit import warm_pages  # runs warm_pages.py first and leaves it here)
+
 MAX_MESSAGE = 1 << 20
 SPARES = 6  # children forked ahead of requests, at most
 SPARES_LOW = 2  # and at least
+LEARN_EVERY = 64  # requests between two children asked to show their pages (warm_pages)
 # Whether this interpreter gives ``__main__`` an ``__annotations__`` dict before the
 # script runs (3.11-3.13 do): looked at in our own ``__main__``, before any import.
 _ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
@@ -90,6 +94,8 @@ def main() -> None:
             for fd, _events in poller.poll():  # the handler runs when poll returns
                 if fd == wakeup:
                     _drain(wakeup)
+                    zygote.learn()
+                    zygote.top_up()
                     continue
                 try:
                     message, fds = _receive(sock)
@@ -100,6 +106,7 @@ def main() -> None:
                     return
     finally:
         zygote.release_spares()
+        zygote.learn()  # a child that stopped for it goes on, and exits
 
 
 def _preload(host: list[str], mine: list[str], directory: str) -> str:
@@ -165,16 +172,29 @@ class Zygote:
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
         self.spares: collections.deque[Spare] = collections.deque()  # in announced order
         self.starting: list[Spare] = []  # forked, not ready yet
+        # Page learning (warm_pages): the pages a child of ours copied, which spares copy
+        # ahead; the child asked to stop for it (0: none), and whether it has; requests
+        # until the next one is asked (the first request is).
+        self.learned: warm_pages.Ranges = []
+        self.learner, self.learner_stopped = 0, False
+        self.until_learning = 0 if warm_pages.available() else -1
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 return
             if not pid:
                 return
+            if os.WIFSTOPPED(status):
+                # The learner, stopped for the main loop to read its pages; any other
+                # stop is the script's own business, and no exit.
+                self.learner_stopped = self.learner_stopped or pid == self.learner
+                continue
+            if pid == self.learner:
+                self.learner, self.learner_stopped = 0, False  # it ended some other way
             # Every child, even a spare not yet given its request: the worker may have
             # sent it one, and killed it (its client went away), before it got here.
             try:
@@ -211,14 +231,38 @@ class Zygote:
         try:
             spare = self.spares.popleft() if self.spares else None
             if fields[0] == b"run" and len(fds) == 3 and spare is not None:
-                spare.take(fields[1:], fds)
+                spare.take(fields[1:], fds, self.asks_to_learn(spare))
         finally:
             _close(fds)  # before a spare is forked: no request's pipe may stay open in it
         try:
             self.compiled(os.fsdecode(fields[1 + int(fields[1])]))  # run count argv... cwd
         except (IndexError, OSError, SyntaxError, ValueError):
             pass  # the spare finds out too, and runs it cold
-        self.top_up()
+        if not self.spares:
+            self.top_up()
+
+    def asks_to_learn(self, spare: Spare) -> bool:
+        """Whether ``spare`` is to stop after its script for ``learn`` (the first request,
+        then one in LEARN_EVERY, one at a time)."""
+        if self.until_learning < 0 or self.learner:
+            return False
+        if self.until_learning > 0:
+            self.until_learning -= 1
+            return False
+        self.until_learning, self.learner = LEARN_EVERY - 1, spare.pid
+        return True
+
+    def learn(self) -> None:
+        """Read the stopped learner's own pages (the spares forked from now on copy them
+        ahead) and let it go on to its exit."""
+        if not self.learner_stopped:
+            return
+        pid, self.learner, self.learner_stopped = self.learner, 0, False
+        self.learned = warm_pages.learn(pid) or self.learned
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
     def release_spares(self) -> None:
         """Let the spares go and reap them (at exit: or they would be zombies elsewhere)."""
@@ -270,10 +314,10 @@ class Spare:
             _wait_as_spare(theirs, zygote)
         theirs.close()
 
-    def take(self, request: list[bytes], fds: list[int]) -> None:
+    def take(self, request: list[bytes], fds: list[int], learner: bool) -> None:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            self.sock.sendmsg([b"\0".join(request)], rights)
+            self.sock.sendmsg([b"\0".join([b"L" if learner else b"", *request])], rights)
         except OSError:
             pass  # it has died: its exit tells the worker
         self.sock.close()
@@ -284,18 +328,19 @@ def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
     try:
         _detach()  # before it is announced: its group can be signalled from then on
         sock.send(b"k")
+        warm_pages.prefault(zygote.learned, sock)  # until a request comes
         message, fds = _receive(sock)
     except BaseException:
         os._exit(0)
     if not message:
         os._exit(0)  # the zygote let it go
-    count, *fields = message.split(b"\0")
+    learner, count, *fields = message.split(b"\0")
     argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
     try:  # compiled in the zygote before this spare was forked, unless new or changed
         script = zygote.compiled(os.fsdecode(argv[-1]))
     except (OSError, SyntaxError, ValueError) as exc:
         _exec_cold(argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}")
-    _become(script, os.fsdecode(cwd), env, fds, zygote.command)
+    _become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner == b"L")
 
 
 def _exec_cold(argv: list[bytes], cwd: str, env: list[bytes], fds: list[int], why: str) -> None:
@@ -352,12 +397,22 @@ def _fork() -> int:
     return os.fork()
 
 
-def _become(script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
-    """In a forked child: run the script, exit with its status (never returns)."""
+def _become(
+    script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str], *, learner: bool
+) -> None:
+    """In a forked child: run the script, exit with its status (never returns).
+
+    Its descriptors are closed first: the exit's teardown of an address space mapped
+    like the zygote's takes a millisecond or two, and the server ends the response at
+    the EOF. A learner then stops for the zygote to read its pages
+    (``Zygote.learn``): after the EOF, so that no client waits for that."""
     status = 127
     try:
         _enter(script, cwd, env, fds, command)
         status = _run(script.code, script.path)
+        os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # and any copy of them (cgikit.run's)
+        if learner:
+            os.kill(os.getpid(), signal.SIGSTOP)
     except BaseException:
         try:
             import traceback

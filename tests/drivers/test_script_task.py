@@ -111,6 +111,9 @@ class Owner:
         if self.on_body is not None:
             self.on_body(data)
 
+    def script_output_end(self) -> None:
+        self.events.append(("output end", group_gone(self.pgid)))
+
     def script_end(self, error: tuple[int, str] | None) -> None:
         self.events.append(("end", error))
         self.gone_at_end = group_gone(self.pgid)
@@ -183,11 +186,12 @@ class Run:
         self.until(lambda: time.monotonic() >= deadline, seconds + 1)
 
     def complete(self) -> bytes:
-        """Run to a normal end: a head, the body, script_end(None); everything cleaned up."""
+        """Run to a normal end: a head, the body, script_output_end, script_end(None);
+        everything cleaned up."""
         self.until_end()
         owner = self.owner
-        assert owner.kinds[0] == "head" and owner.kinds[-1] == "end", owner.events
-        assert set(owner.kinds[1:-1]) <= {"body"}, owner.events
+        assert owner.kinds[0] == "head" and owner.kinds[-2:] == ["output end", "end"]
+        assert set(owner.kinds[1:-2]) <= {"body"}, owner.events
         assert owner.end is None
         self.check_clean_end()
         return owner.body
@@ -231,6 +235,17 @@ def test_hello_gives_head_body_end_and_is_reaped(
     assert run.task.killed is None
     assert run.logs == []
     assert run.until_end() < 3
+
+
+def test_the_output_ends_at_its_eof_and_the_run_at_the_exit(loop: Loop, tmp_path: Path) -> None:
+    # A script that closes its stdout, then takes a while to exit (as a warm child
+    # tearing down its address space does): the owner hears of the output's end while
+    # the script is still there, and of the run's end once it is gone.
+    text = f"{HEAD_SH}\nprintf hello\nexec >&-\nsleep 0.3\n"
+    run = Run(loop, write_script(tmp_path, "linger.cgi", text))
+    assert run.complete() == b"hello"
+    assert ("output end", False) in run.owner.events  # the group was not gone yet
+    assert run.task.group.returncode == 0 and run.logs == []
 
 
 @pytest.mark.parametrize("body", [b"", b"input"])
@@ -639,7 +654,7 @@ def test_abort_after_the_end_does_nothing(loop: Loop, tmp_path: Path) -> None:
     run.task.abort("too late")
     run.task.tick(time.monotonic() + 1000)  # a late sweep neither
     run.for_a_while(0.1)
-    assert run.owner.kinds == ["head", "body", "end"]
+    assert run.owner.kinds == ["head", "body", "output end", "end"]
     assert run.task.killed is None and run.logs == []
 
 

@@ -335,3 +335,32 @@ def test_a_child_left_running_does_not_hold_the_response_open(tmp_path: Path) ->
         os.killpg(proc.pid, signal.SIGKILL)  # the sleep is in the script's group
         proc.wait(timeout=10)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_response_ends_when_run_returns_not_at_the_exit(tmp_path: Path) -> None:
+    # What the script does after cgikit.run (here a slow atexit handler, as an app's
+    # teardown or an interpreter's finalization) no longer holds the server's EOF.
+    runner = (
+        "import atexit, time, cgikit\n"
+        "atexit.register(time.sleep, 30)\n"
+        "cgikit.run(app)\n"
+        "print('after run')\n"
+    )
+    script = script_for(tmp_path, "hello", runner=runner)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        out = proc.stdout.read()  # to EOF, which must come well before the 30 s
+        assert out == HELLO
+        assert proc.poll() is None  # still in its atexit sleep: the EOF came first
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        errors = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert b"after run" in errors  # stdout points at the error stream from run on

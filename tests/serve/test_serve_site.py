@@ -3,15 +3,17 @@ a form POST, and the paths that must never send a CGI script's source."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
+import time
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
-from serve.servekit import Server
+from serve.servekit import Server, write_script
 
 SH_SOURCE = b"printf 'Hello from sh\\n'"
 
@@ -161,3 +163,25 @@ def test_access_log_line_per_request(server: Server) -> None:
     server.get("/style.css?logged=1")
     pattern = re.compile(r'cgikit: 127\.0\.0\.1 - "GET /style\.css\?logged=1 HTTP/1\.1" 200 ')
     assert server.wait_line(pattern, 5.0) is not None
+
+
+def test_the_response_ends_at_the_scripts_eof_and_the_log_line_at_its_exit(
+    server: Server, site: Path
+) -> None:
+    # The client has the whole response (chunked: its last chunk too) as soon as the
+    # script's output ends; the access line waits for the exit, so it stays the last.
+    text = "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n%s' $$\nexec >&-\nsleep 1\n"
+    write_script(site / "cgi-bin" / "linger.sh", text)
+    status, headers, body = server.get("/cgi-bin/linger.sh")
+    assert (status, headers.get("transfer-encoding")) == (200, "chunked")
+    pid = int(body)
+    os.kill(pid, 0)  # still there (sleeping): no ProcessLookupError
+    line = re.compile(r'"GET /cgi-bin/linger\.sh HTTP/1\.1" 200 ')
+    assert server.wait_line(line, 10.0) is not None
+    for _ in range(100):  # reaped by the server by now, or very soon after
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"script {pid} still there after its access line")
