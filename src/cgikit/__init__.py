@@ -369,10 +369,12 @@ def serve(
     options: "Mapping[str, object]",
     read: "Callable[[int], bytes] | None" = None,
     out: int = STDOUT,
+    finished: "Callable[[], object] | None" = None,
 ) -> None:
     """Answer the one request that ``meta`` describes with ``app``; never raises for it.
 
-    The body comes from ``read`` (default: stdin), the response goes to fd ``out``.
+    The body comes from ``read`` (default: stdin), the response goes to fd ``out``;
+    ``finished`` is called once it is whole, before the app's iterable is closed.
     """
     from cgikit.wsgi_request import BoundedInput, EnvironError, build_environ, content_length
     from cgikit.wsgi_response import FileWrapper, Response, serialize_cgi
@@ -402,6 +404,7 @@ def serve(
         default_content_type=str(options["default_content_type"]),
         send_file=lambda fd, offset, count: send_file(fd, offset, count, out),
         serialize=serialize or serialize_cgi,
+        finished=finished,
     )
     # A stray print() in the app would corrupt the response on stdout: send it to the
     # error stream while the app runs. The response itself goes to fd 1 directly.
@@ -466,12 +469,20 @@ def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     errors, stamped = open_errors(options["log_file"])
     script = meta.get("SCRIPT_NAME") or sys.argv[0]
     out = claim_stdout()
-    try:
-        serve(app, meta, errors, make_log(errors, script, stamped), options, out=out)
-    finally:
-        if out != STDOUT:
-            # The response is whole: the server sees its end now, not at the exit (an
-            # interpreter's finalization takes milliseconds, an app's atexit more).
+    ended = out == STDOUT  # no copy of our own to close (claim_stdout could not dup)
+
+    def end_output() -> None:
+        # The response is whole: the server sees its end now, not at the exit (an
+        # app's teardown takes a while, an interpreter's finalization milliseconds).
+        nonlocal ended
+        if not ended:
+            ended = True
             os.close(out)
+
+    try:
+        log = make_log(errors, script, stamped)
+        serve(app, meta, errors, log, options, out=out, finished=end_output)
+    finally:
+        end_output()
         if errors is not sys.stderr:
             errors.close()

@@ -2,10 +2,11 @@
 
 ``WarmSpawner.spawn`` is tried before the cold spawn (``posix_spawn`` / Popen) when a
 host runs with ``warm``. For a script ``warm_plan`` accepts, it sends the request's
-pipes, argv, directory and environment to the script's zygote (``warm_zygote``, one per
-interpreter command and set of the scripts' own preloads, with their directory;
-started on first use with the server's allow-listed environment), where the next of
-the children it forked ahead (whose pid it announced) runs the script; and returns a
+pipes, argv, directory and environment straight to the next of the children its zygote
+(``warm_zygote``, one per interpreter command and set of the scripts' own preloads,
+with their directory; started on first use with the server's allow-listed
+environment) forked ahead, and announced with its pid and a socket to it; that child
+runs the script; and the spawner returns a
 ``WarmChild``: what ``ProcessGroup``, ``cgi_runner`` and ``script_task`` already
 drive (pid = process group, non-blocking pipe ends). Anything that keeps a script from
 running warm gives ``None``, and the caller runs it cold, so no request is lost to
@@ -26,6 +27,7 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
+import functools
 import os
 import select
 import socket
@@ -74,6 +76,7 @@ Fds = tuple[int, int, int]
 ZygoteKey = tuple[tuple[str, ...], tuple[str, ...], str]  # command, own preloads, dir
 
 
+@functools.cache
 def available() -> bool:
     """Whether warm mode can work here: Linux's pidfds and /proc."""
     return hasattr(os, "pidfd_open") and os.path.isdir("/proc/self")
@@ -124,12 +127,28 @@ def _readable(fd: int, timeout: float | None) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
+_ONE_FD: Final = socket.CMSG_SPACE(array.array("i").itemsize)
+
+
+def _descriptor(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The one descriptor a message carries (a spare's socket), if any."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else None
+
+
 class Zygote:
     """One running ``warm_zygote`` and the worker's end of its socket.
 
     Its messages are read under ``_lock`` by whoever needs one: ``exit`` reports are
-    filed in ``_statuses``, ``spare`` pids queued in ``spares`` (the children forked
-    ahead, which take the requests in that order), ``ready``/``fail`` set the state.
+    filed in ``_statuses``, ``spare`` announcements queued in ``spares`` (the children
+    forked ahead, which take the requests in that order: each with its pid, our end of
+    a socket to it, and whether it is to show its pages), ``ready``/``fail`` set the
+    state. The zygote is not on a request's way: one process less to wake.
     """
 
     def __init__(self, key: ZygoteKey, preload: Sequence[str], env: dict[str, str]):
@@ -164,8 +183,9 @@ class Zygote:
         self.failure_logged = False
         self._lock = threading.Lock()
         self._statuses: dict[int, int] = {}
-        self.spares: collections.deque[int] = collections.deque()
+        self.spares: collections.deque[tuple[int, socket.socket, bytes]] = collections.deque()
         self.forked: set[int] = set()  # its spares not given a request yet, ready or not
+        self._told: set[str] = set()  # the scripts it was told of (to compile ahead)
 
     def check(self) -> bool:
         """Whether it takes a request now (``ready`` read, without waiting).
@@ -186,20 +206,31 @@ class Zygote:
 
     def run(self, argv: Sequence[str], cwd: str, env: Environment, fds: Fds) -> int:
         """Send the request to the next spare child, whose pid this returns: no answer
-        to wait for (a spare that cannot compile the script execs it, as cold).
+        to wait for (a spare that cannot compile the script execs it, as cold). A spare
+        that has died since its announcement is passed over.
 
         Raises:
             ConnectionError, OSError: the zygote is dead or stuck.
         """
-        fields = [b"run", b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd)]
-        fields += envp_of(env)
+        fields = [b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd), *envp_of(env)]
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
-            if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
-                raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")
-            self.sock.sendmsg([b"\0".join(fields)], rights)
-            pid = self.spares.popleft()
-            self.forked.discard(pid)
+            self._pump(0.0, lambda: False)  # what it said; ConnectionError if it is gone
+            while True:
+                if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
+                    raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")
+                pid, spare, learner = self.spares.popleft()
+                self.forked.discard(pid)
+                try:
+                    spare.sendmsg([b"\0".join([learner, *fields])], rights)
+                except OSError:
+                    continue  # it is gone: its exit comes from the zygote all the same
+                finally:
+                    spare.close()
+                break
+            if argv[-1] not in self._told:  # for the spares to come: compiled once, ahead
+                self._told.add(argv[-1])
+                self.sock.send(b"script\0" + os.fsencode(argv[-1]))
             return pid
 
     def exit_code(self, pid: int) -> int:
@@ -220,26 +251,32 @@ class Zygote:
         deadline = time.monotonic() + timeout
         while not done():
             try:
-                message = self.sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
+                message, ancillary, _flags, _addr = self.sock.recvmsg(
+                    _MAX_MESSAGE, _ONE_FD, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+                )
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0 or not _readable(self.sock.fileno(), left):
                     return False
                 continue
-            self._file(message)
+            self._file(message, _descriptor(ancillary))
         return True
 
-    def _file(self, message: bytes) -> None:
+    def _file(self, message: bytes, fd: int | None) -> None:
         if not message:
             raise ConnectionError("it exited")
         kind, _, text = message.partition(b"\0")
+        if kind == b"spare" and fd is not None:
+            pid, _, learner = text.partition(b"\0")
+            self.spares.append((int(pid), socket.socket(fileno=fd), learner))
+            return
+        if fd is not None:
+            os.close(fd)  # carried by no other message
         if kind == b"exit":
             pid, _, status = text.partition(b"\0")
             self._statuses[int(pid)] = int(status)
         elif kind == b"forked":
             self.forked.add(int(text))
-        elif kind == b"spare":
-            self.spares.append(int(text))
         elif kind == b"ready":
             self.ready = True
         elif kind == b"fail":
@@ -255,6 +292,7 @@ class Zygote:
     def reap_spares(self) -> None:
         """After its death: its spare children, orphaned, exit at once (their sockets'
         end); reaped here if they came to us (a subreaper), not left as zombies."""
+        self._let_spares_go()
         deadline = time.monotonic() + 1.0
         for pid in self.forked:
             while time.monotonic() < deadline:
@@ -265,8 +303,16 @@ class Zygote:
                     break  # init's, or reaped: not ours to wait for
                 time.sleep(0.005)
 
+    def _let_spares_go(self) -> None:
+        """Close our ends of the spares' sockets: each spare exits at their EOF."""
+        with self._lock:
+            spares, self.spares = list(self.spares), collections.deque()
+        for _pid, spare, _learner in spares:
+            spare.close()
+
     def close(self) -> None:
         """End it (its socket's EOF makes it exit), by its pid if it does not."""
+        self._let_spares_go()
         self.sock.close()
         try:
             self.proc.wait(1.0)
@@ -283,7 +329,8 @@ class WarmSpawner:
         self._preload, self._env = tuple(preload), env
         self._zygotes: dict[ZygoteKey, Zygote] = {}
         self._retry_at: dict[ZygoteKey, float] = {}
-        self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold]] = {}
+        # Per script path: its stat key, its plan, and its zygote's key (a realpath).
+        self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold, ZygoteKey]] = {}
         self._lock = threading.Lock()
         self.forks = 0  # scripts run warm, for tests and benchmarks
         self.closed = False
@@ -293,9 +340,9 @@ class WarmSpawner:
     ) -> WarmChild | None:
         """The script forked by its zygote, or None: run it cold (module docstring)."""
         with self._lock:
-            how = self._plan(argv, log)
-            zygote = self._usable(_key(how, argv), log) if isinstance(how, WarmPlan) else None
-            if zygote is None or not isinstance(how, WarmPlan):
+            how, key = self._plan(argv, log)
+            zygote = self._usable(key, log) if isinstance(how, WarmPlan) else None
+            if zygote is None:
                 return None
             parents, children = posix_spawn.pipes(null_stdin=null_stdin)
             try:
@@ -313,10 +360,10 @@ class WarmSpawner:
         """Start the script's zygote with its preloads and wait until it is ready (the
         first requests are otherwise run cold while it starts); whether it runs warm."""
         with self._lock:
-            how = self._plan(argv, log)
+            how, key = self._plan(argv, log)
             if not isinstance(how, WarmPlan):
                 return False
-            key, deadline = _key(how, argv), time.monotonic() + timeout
+            deadline = time.monotonic() + timeout
             while self._usable(key, log) is None:
                 if key not in self._zygotes or time.monotonic() > deadline:
                     return False
@@ -329,17 +376,18 @@ class WarmSpawner:
                     pass  # dead: ``_usable`` says so and starts another
             return True
 
-    def _plan(self, argv: Sequence[str], log: Log) -> WarmPlan | Cold:
-        """``warm_plan.plan`` for the script, cached per version of the file."""
+    def _plan(self, argv: Sequence[str], log: Log) -> tuple[WarmPlan | Cold, ZygoteKey]:
+        """``warm_plan.plan`` for the script and its zygote's key, cached per version of
+        the file."""
         path = argv[-1]
         try:
             info = os.stat(path)
         except OSError as exc:
-            return Cold(f"cannot stat it: {exc.strerror}")
+            return Cold(f"cannot stat it: {exc.strerror}"), ((), (), "")
         key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
         cached = self._plans.get(path)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[1], cached[2]
         try:
             with open(path, "rb") as f:
                 head = f.read(HEAD_BYTES)
@@ -349,8 +397,9 @@ class WarmSpawner:
             how = plan(argv, head, sys.executable)
         if isinstance(how, Cold) and how.mistake:
             log(f"{path}: runs cold: {how.reason}")
-        self._plans[path] = (key, how)
-        return how
+        zygote = _key(how, argv) if isinstance(how, WarmPlan) else ((), (), "")
+        self._plans[path] = (key, how, zygote)
+        return how, zygote
 
     def _usable(self, key: ZygoteKey, log: Log) -> Zygote | None:
         """The key's zygote if it takes a request now; starts one if there is none."""

@@ -6,7 +6,8 @@ preloads. It imports the PRELOAD modules (the host's, comma-separated), then MIN
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
 (so a thin script's app module beside it is built once, here), tells its worker
 ``ready`` over the SOCK_SEQPACKET socket FD, and forks "spares" ahead of requests,
-announced to the worker by pid. Each request goes to the next spare, which runs the
+announced to the worker by pid, each with a socket to it. The worker sends each
+request straight to the next spare, which runs the
 script as ``__main__`` with exactly the CGI contract of a cold run: a new session (its
 own process group), fd 0/1/2 the request's pipes and no other descriptor, the request's
 environment and nothing else, the script's directory as working directory and first
@@ -28,13 +29,14 @@ children on SIGCHLD (the handler runs between bytecodes, so even while a preload
 importing) and tells the worker each one's wait status.
 
 Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs it):
-  worker -> zygote  ``run`` count argv... cwd k=v... (+3 descriptors); no answer:
-                    the next announced spare runs it
+  worker -> zygote  ``script`` path (once a script: compiled here for later spares)
   zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
                     ``forked`` pid (a spare, not ready yet: if the zygote dies, the
-                    worker reaps it), then ``spare`` pid (it is ready, to take a
-                    coming request)
+                    worker reaps it), then ``spare`` pid flag (+ a socket to it: it
+                    is ready to take a coming request; flag ``L``: it is to stop
+                    after its script for the zygote to learn its pages, warm_pages)
                     ``exit`` pid status (at any time: a child was reaped)
+  worker -> spare   flag count argv... cwd k=v... (+3 descriptors), then the close
 
 """
 
@@ -46,13 +48,13 @@ import _signal  # type: ignore[import-not-found]
 import array
 import atexit
 import builtins
-import collections
 import gc
 import os
 import select
 import signal
 import socket
 import sys
+import time
 import types
 from importlib.machinery import SourceFileLoader
 
@@ -85,25 +87,27 @@ def main() -> None:
     # writes to a pipe that is polled with the socket.
     wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
-    zygote.top_up()
-    poller = select.poll()
+    poller = zygote.poller
     poller.register(sock, select.POLLIN)
     poller.register(wakeup, select.POLLIN)
     try:
+        zygote.top_up()
         while True:
             for fd, _events in poller.poll():  # the handler runs when poll returns
                 if fd == wakeup:
                     _drain(wakeup)
                     zygote.learn()
                     zygote.top_up()
-                    continue
-                try:
+                elif fd != sock.fileno():
+                    zygote.taken(fd)  # a spare closed its end: it has a request, or died
+                else:
                     message, fds = _receive(sock)
+                    _close(fds)
                     if not message:
                         return  # the worker is gone
-                    zygote.handle(message.split(b"\0"), fds)
-                except ConnectionError:  # it went while we answered
-                    return
+                    zygote.handle(message.split(b"\0"))
+    except ConnectionError:  # the worker went while we told it something
+        return
     finally:
         zygote.release_spares()
         zygote.learn()  # a child that stopped for it goes on, and exits
@@ -170,8 +174,9 @@ class Zygote:
     def __init__(self, sock: socket.socket, command: list[str]) -> None:
         self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
-        self.spares: collections.deque[Spare] = collections.deque()  # in announced order
+        self.spares: dict[int, Spare] = {}  # announced, not taken yet: by control socket
         self.starting: list[Spare] = []  # forked, not ready yet
+        self.poller = select.poll()  # the main loop's: the worker's socket, the spares'
         # Page learning (warm_pages): the pages a child of ours copied, which spares copy
         # ahead; the child asked to stop for it (0: none), and whether it has; requests
         # until the next one is asked (the first request is).
@@ -203,43 +208,64 @@ class Zygote:
                 pass  # the worker is gone; the main loop sees it
 
     def top_up(self) -> None:
-        """Below SPARES_LOW spares, fork them up to SPARES, each announced to the worker,
-        which sends each request with the next spare's pid in mind: so no request waits
-        for a fork, nor for an answer. In batches: after a fork, each page the zygote
-        writes is copied (shared with the new child); between batches it copies its
-        working set once, not once per request."""
+        """Below SPARES_LOW spares, fork them up to SPARES, each announced to the worker
+        with a socket to it: so no request waits for a fork, nor for the zygote. Called
+        when a child has exited, not when a spare takes a request: forks then compete
+        with no request for the CPU (unless none is left). In batches: after a fork,
+        each page the zygote writes is copied (shared with the new child); between
+        batches it copies its working set once, not once per request."""
         if len(self.spares) >= SPARES_LOW:
             return
+        for path in list(self.codes):
+            try:
+                self.compiled(path)  # changed since: the spares get the new version
+            except (OSError, SyntaxError, ValueError):
+                del self.codes[path]  # gone or broken: each spare finds out itself
         forked = self.starting
         while len(self.spares) + len(forked) < SPARES:
-            forked.append(Spare(self, [*self.spares, *forked]))
+            forked.append(Spare(self))
             self.sock.send(b"forked\0%d" % forked[-1].pid)  # if we die, the worker reaps it
         while forked:
             spare = forked.pop(0)
             # Announced once it leads its own session: the worker may signal its group
             # as soon as it knows the pid (a client that goes away at once).
-            if spare.sock.recv(1) == b"k":
-                self.spares.append(spare)
-                self.sock.send(b"spare\0%d" % spare.pid)
+            if spare.control.recv(1) == b"k":
+                self.announce(spare)
             else:
-                spare.sock.close()
+                spare.close()
 
-    def handle(self, fields: list[bytes], fds: list[int]) -> None:
-        """``run``: the next spare takes the request (a spare that has died loses it:
-        the worker sees its exit and no output). Then the script is compiled here, if it
-        is new, for the spares to come, and a spare is forked for the next request."""
+    def announce(self, spare: Spare) -> None:
+        """Hand the worker its socket to ``spare`` (ours is closed: the spare's request
+        comes from the worker alone); watch the spare's control socket for its close."""
+        learner = self.asks_to_learn(spare)
+        message = b"spare\0%d\0%s" % (spare.pid, b"L" if learner else b"")
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [spare.worker_end]))]
         try:
-            spare = self.spares.popleft() if self.spares else None
-            if fields[0] == b"run" and len(fds) == 3 and spare is not None:
-                spare.take(fields[1:], fds, self.asks_to_learn(spare))
+            self.sock.sendmsg([message], rights)
         finally:
-            _close(fds)  # before a spare is forked: no request's pipe may stay open in it
-        try:
-            self.compiled(os.fsdecode(fields[1 + int(fields[1])]))  # run count argv... cwd
-        except (IndexError, OSError, SyntaxError, ValueError):
-            pass  # the spare finds out too, and runs it cold
+            os.close(spare.worker_end)
+            spare.worker_end = -1
+        self.spares[spare.control.fileno()] = spare
+        self.poller.register(spare.control, select.POLLIN)
+
+    def taken(self, fd: int) -> None:
+        """A spare's control socket closed: it took a request (or died). Only when none
+        is left is one forked at once; else after the next exit."""
+        spare = self.spares.pop(fd, None)
+        self.poller.unregister(fd)
+        if spare is not None:
+            spare.close()
         if not self.spares:
             self.top_up()
+
+    def handle(self, fields: list[bytes]) -> None:
+        """``script`` path: compile it now, for the spares to come (a spare that finds
+        it new or changed compiles it itself, or runs it cold if it cannot)."""
+        if fields[0] == b"script" and len(fields) == 2:
+            try:
+                self.compiled(os.fsdecode(fields[1]))
+            except (OSError, SyntaxError, ValueError):
+                pass
 
     def asks_to_learn(self, spare: Spare) -> bool:
         """Whether ``spare`` is to stop after its script for ``learn`` (the first request,
@@ -265,14 +291,23 @@ class Zygote:
             pass
 
     def release_spares(self) -> None:
-        """Let the spares go and reap them (at exit: or they would be zombies elsewhere)."""
-        while self.spares or self.starting:
-            spare = self.spares.popleft() if self.spares else self.starting.pop()
-            spare.sock.close()
-            try:
-                os.waitpid(spare.pid, 0)
-            except ChildProcessError:
-                pass
+        """Reap the spares not given a request (at exit: or they would be zombies
+        elsewhere). Each exits once its request socket is closed: by us if it was not
+        announced yet, else by the worker (it does when it sees our end); a second at
+        most, then whatever is left goes to init with the zygote's other children."""
+        spares = [*self.spares.values(), *self.starting]
+        for spare in spares:
+            spare.close()
+        deadline = time.monotonic() + 1.0
+        left = {spare.pid for spare in spares}
+        while left and time.monotonic() < deadline:
+            for pid in list(left):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        left.discard(pid)
+                except ChildProcessError:
+                    left.discard(pid)
+            time.sleep(0.005)
 
     def compiled(self, path: str) -> Script:
         """The script's code and directory, once per version of the file."""
@@ -303,37 +338,47 @@ def _close(fds: list[int]) -> None:
 
 class Spare:
     """A child forked ahead of the next request: it waits, in its own session, on a
-    socket of its own for that request, so that a request waits for no fork."""
+    socket of its own for that request (the worker holds the other end), so that a
+    request waits for no fork. On a second socket it says it is ready, and its close
+    tells the zygote it has a request."""
 
-    def __init__(self, zygote: Zygote, others: list[Spare]) -> None:
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def __init__(self, zygote: Zygote) -> None:
+        self.control, control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        worker, request = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
+        self.worker_end = worker.detach()  # handed over by ``Zygote.announce``
         self.pid = _fork()
         if self.pid == 0:
-            for each in (self.sock, *(spare.sock for spare in others)):
-                each.close()  # or it would hold the ends whose close frees it and others
-            _wait_as_spare(theirs, zygote)
-        theirs.close()
+            for each in [*zygote.spares.values(), *zygote.starting, self]:
+                each.close()  # the zygote's ends: a spare holds only its own
+            zygote.sock.close()  # or the worker would not see the zygote's end
+            _wait_as_spare(control, request, zygote)
+        control.close()
+        request.close()
 
-    def take(self, request: list[bytes], fds: list[int], learner: bool) -> None:
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        try:
-            self.sock.sendmsg([b"\0".join([b"L" if learner else b"", *request])], rights)
-        except OSError:
-            pass  # it has died: its exit tells the worker
-        self.sock.close()
+    def close(self) -> None:
+        self.control.close()
+        if self.worker_end >= 0:
+            os.close(self.worker_end)
+            self.worker_end = -1
 
 
-def _wait_as_spare(sock: socket.socket, zygote: Zygote) -> None:
+def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygote) -> None:
     """The spare's life: its request, then the script's run (never returns)."""
     try:
         _detach()  # before it is announced: its group can be signalled from then on
-        sock.send(b"k")
-        warm_pages.prefault(zygote.learned, sock)  # until a request comes
-        message, fds = _receive(sock)
+        control.send(b"k")
+        warm_pages.prefault(zygote.learned, request)  # until the request comes
+        poller = select.poll()
+        poller.register(request, select.POLLIN)
+        poller.register(control, select.POLLIN)
+        if all(fd != request.fileno() for fd, _events in poller.poll()):
+            os._exit(0)  # the zygote is gone: none would report our exit, or reap us
+        message, fds = _receive(request)
     except BaseException:
         os._exit(0)
     if not message:
-        os._exit(0)  # the zygote let it go
+        os._exit(0)  # let go: by the worker, or by the zygote before its announcement
     learner, count, *fields = message.split(b"\0")
     argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
     try:  # compiled in the zygote before this spare was forked, unless new or changed

@@ -262,14 +262,18 @@ class Response:
         send_file: "Callable[[int, int, int], int] | None" = None,
         serialize: "Callable[[str, Headers], bytes]" = serialize_cgi,
         deferred: "Callable[[bytes], object] | None" = None,
+        finished: "Callable[[], object] | None" = None,
     ) -> None:
         """``deferred``: where output goes instead of ``send`` once the app has returned
         its whole body in memory (a list or tuple of bytes): no app code runs before
         the response ends, so a gateway may hold it and write it with what follows
-        (FastCGI's END_REQUEST) in one system call."""
+        (FastCGI's END_REQUEST) in one system call. ``finished``: called once the whole
+        response is sent, before the app's iterable is closed (its close may take a
+        while: a framework's teardown), so that a gateway can end the output first."""
         self.environ = environ
         self._send = send
         self._deferred = deferred
+        self._finished = finished
         self._send_file = send_file
         self._log = log
         self._serialize = serialize
@@ -378,6 +382,8 @@ class Response:
                 for chunk in result:
                     self.write(chunk)
             self.finish()
+            if self._finished is not None:
+                self._finished()
         finally:
             close = getattr(result, "close", None)
             if close is not None:

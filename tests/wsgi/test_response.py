@@ -323,3 +323,40 @@ def test_file_wrapper_over_a_non_file() -> None:
     wrapper = FileWrapper(io.BytesIO(b"abcdef"), 4)
     assert wrapper.span() is None
     assert list(wrapper) == [b"abcd", b"ef"]
+
+
+class _Closing:
+    """A body whose close is recorded in ``events``, after its chunks."""
+
+    def __init__(self, events: list[str], fail: bool = False) -> None:
+        self.events, self.fail = events, fail
+
+    def __iter__(self) -> Any:
+        if self.fail:
+            raise RuntimeError("broken")
+        yield b"one"
+        yield b"two"
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_finished_comes_once_the_response_is_sent_and_before_close(fail: bool) -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", list(TEXT))
+        return _Closing(events, fail)
+
+    def send(data: bytes) -> None:
+        events.append("send")
+
+    response = Response(
+        make_environ(), send, lambda line: None, finished=lambda: events.append("finished")
+    )
+    response.run(app)
+    if fail:  # a failed response is never "finished": closed, then its 500 went out
+        assert events == ["close", "send"]
+    else:
+        assert events[-2:] == ["finished", "close"] and set(events[:-2]) == {"send"}
