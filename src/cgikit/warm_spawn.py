@@ -49,10 +49,12 @@ __all__ = ["WarmChild", "WarmSpawner", "available", "close_all", "spawner"]
 # reads it before it gives root up, and the user it then runs scripts as may not be
 # able to read the file (a checkout in a private directory). The command line stays
 # short: a loader that reads the pipe, named so that ps shows what the process is.
-# Two files: warm_pages.py runs first, as a module object the zygote finds in its
-# globals (no import: scripts' interpreters need not have cgikit), then warm_zygote.py.
+# Three files: warm_pages.py and warm_child.py run first, each as a module object the
+# zygote finds in its globals (no import: scripts' interpreters need not have cgikit),
+# then warm_zygote.py.
+_HELPERS: Final = ("warm_pages", "warm_child")
 ZYGOTE_SOURCE: Final = b"\0".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("warm_pages.py", "warm_zygote.py")
+    (Path(__file__).parent / f"{name}.py").read_bytes() for name in (*_HELPERS, "warm_zygote")
 )
 _LOADER: Final = (
     "import os, sys, types  # cgikit warm_zygote\n"
@@ -60,9 +62,10 @@ _LOADER: Final = (
     "while chunk := os.read(fd, 65536):\n"
     "    code += chunk\n"
     "os.close(fd)\n"
-    "pages, code = code.split(b'\\0')\n"
-    "warm_pages = types.ModuleType('warm_pages')\n"
-    "exec(compile(pages, 'cgikit-warm-pages', 'exec'), vars(warm_pages))\n"
+    "*helpers, code = code.split(b'\\0')\n"
+    f"for name, text in zip({_HELPERS!r}, helpers):\n"
+    "    globals()[name] = types.ModuleType(name)\n"
+    "    exec(compile(text, f'cgikit-{name}', 'exec'), vars(globals()[name]))\n"
     "exec(compile(code, 'cgikit-warm-zygote', 'exec'))\n"
 )
 REPLY_TIMEOUT: Final = 5.0  # a zygote slower to name a spare or an exit is taken for dead
@@ -215,7 +218,10 @@ class Zygote:
         fields = [b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd), *envp_of(env)]
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
-            self._pump(0.0, lambda: False)  # what it said; ConnectionError if it is gone
+            # Gone? One waitpid, not the messages it sent since (read when needed: its
+            # exits by ``exit_code``, its spares when none is left), on a request's way.
+            if self.proc.poll() is not None:
+                raise ConnectionError(f"it exited ({self.proc.returncode})")
             while True:
                 if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
                     raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")

@@ -44,10 +44,7 @@ from __future__ import annotations
 
 # Signal calls below go to the C module: ``signal``'s wrappers build enums, and every
 # line of Python a child runs before the script copies pages it shares with the zygote.
-import _signal  # type: ignore[import-not-found]
 import array
-import atexit
-import builtins
 import gc
 import os
 import select
@@ -56,18 +53,14 @@ import socket
 import sys
 import time
 import types
-from importlib.machinery import SourceFileLoader
 
 if "warm_pages" not in globals():  # imported, not run by warm_spawn's loader (which
-    from cgikit import warm_pages  # runs warm_pages.py first and leaves it here)
+    from cgikit import warm_child, warm_pages  # runs these first, leaving them here)
 
 MAX_MESSAGE = 1 << 20
 SPARES = 6  # children forked ahead of requests, at most
 SPARES_LOW = 2  # and at least
 LEARN_EVERY = 64  # requests between two children asked to show their pages (warm_pages)
-# Whether this interpreter gives ``__main__`` an ``__annotations__`` dict before the
-# script runs (3.11-3.13 do): looked at in our own ``__main__``, before any import.
-_ANNOTATIONS = "__annotations__" in vars(sys.modules["__main__"])
 
 
 def main() -> None:
@@ -173,7 +166,7 @@ def _drain(fd: int) -> None:
 class Zygote:
     def __init__(self, sock: socket.socket, command: list[str]) -> None:
         self.sock, self.command = sock, command
-        self.codes: dict[str, tuple[tuple[int, ...], Script]] = {}  # by path
+        self.codes: dict[str, tuple[tuple[int, ...], warm_child.Script]] = {}  # by path
         self.spares: dict[int, Spare] = {}  # announced, not taken yet: by control socket
         self.starting: list[Spare] = []  # forked, not ready yet
         self.poller = select.poll()  # the main loop's: the worker's socket, the spares'
@@ -309,7 +302,7 @@ class Zygote:
                     left.discard(pid)
             time.sleep(0.005)
 
-    def compiled(self, path: str) -> Script:
+    def compiled(self, path: str) -> warm_child.Script:
         """The script's code and directory, once per version of the file."""
         info = os.stat(path)
         key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
@@ -319,7 +312,7 @@ class Zygote:
         with open(path, "rb") as f:
             source = f.read()
         code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
-        script = Script(code, path, os.path.dirname(os.path.realpath(path)))
+        script = warm_child.Script(code, path, os.path.dirname(os.path.realpath(path)))
         self.codes[path] = (key, script)
         return script
 
@@ -366,7 +359,7 @@ class Spare:
 def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygote) -> None:
     """The spare's life: its request, then the script's run (never returns)."""
     try:
-        _detach()  # before it is announced: its group can be signalled from then on
+        warm_child.detach()  # before it is announced: its group can be signalled from then on
         control.send(b"k")
         warm_pages.prefault(zygote.learned, request)  # until the request comes
         poller = select.poll()
@@ -384,25 +377,10 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
     try:  # compiled in the zygote before this spare was forked, unless new or changed
         script = zygote.compiled(os.fsdecode(argv[-1]))
     except (OSError, SyntaxError, ValueError) as exc:
-        _exec_cold(argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}")
-    _become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner == b"L")
-
-
-def _exec_cold(argv: list[bytes], cwd: str, env: list[bytes], fds: list[int], why: str) -> None:
-    """Run the script as the cold path would (exec), saying why on its stderr (the
-    server's log): what a spare does with a script it cannot run itself."""
-    status = 127
-    try:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        os.chdir(cwd)
-        os.write(2, why.encode("utf-8", "replace") + b"\n")
-        environ = dict(entry.partition(b"=")[::2] for entry in env)
-        os.execve(argv[0], argv, environ)
-    except BaseException as exc:
-        os.write(2, f"cannot start: {exc}\n".encode("utf-8", "replace"))
-    os._exit(status)
+        warm_child.exec_cold(
+            argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}"
+        )
+    warm_child.become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner == b"L")
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -418,134 +396,10 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
 _RIGHTS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
 
 
-class Script:
-    """A compiled script: its code, its path, its real directory (``sys.path[0]``)."""
-
-    __slots__ = ("code", "directory", "path")
-
-    def __init__(self, code: types.CodeType, path: str, directory: str) -> None:
-        self.code, self.path, self.directory = code, path, directory
-
-
-def _detach() -> None:
-    """A forked child's first step: the zygote's SIGCHLD handler and mask undone, and a
-    session (and process group) of its own (research §3 row 10)."""
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    _signal.set_wakeup_fd(-1)
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-    os.setsid()
-
-
 def _fork() -> int:
     if hasattr(gc, "freeze"):
         gc.freeze()  # what the zygote has is not the child's to scan (fewer pages copied)
     return os.fork()
-
-
-def _become(
-    script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str], *, learner: bool
-) -> None:
-    """In a forked child: run the script, exit with its status (never returns).
-
-    Its descriptors are closed first: the exit's teardown of an address space mapped
-    like the zygote's takes a millisecond or two, and the server ends the response at
-    the EOF. A learner then stops for the zygote to read its pages
-    (``Zygote.learn``): after the EOF, so that no client waits for that."""
-    status = 127
-    try:
-        _enter(script, cwd, env, fds, command)
-        status = _run(script.code, script.path)
-        os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # and any copy of them (cgikit.run's)
-        if learner:
-            os.kill(os.getpid(), signal.SIGSTOP)
-    except BaseException:
-        try:
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    os._exit(status)
-
-
-def _enter(script: Script, cwd: str, env: list[bytes], fds: list[int], command: list[str]) -> None:
-    """Become the script's process: what ``posix_spawn`` and the interpreter's start
-    would have set up for a cold run (``_detach`` has been)."""
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    os.chdir(cwd)
-    # os.environ and os.environb share one dict of bytes; filled directly, not through
-    # their MutableMapping methods: every line of Python run here copies pages.
-    data = os.environ._data  # type: ignore[attr-defined]
-    for name in data:
-        os.unsetenv(name)
-    data.clear()
-    for entry in env:
-        name, _, value = entry.partition(b"=")
-        os.putenv(name, value)
-        data[name] = value
-    sys.argv[:] = [script.path]
-    if hasattr(sys, "orig_argv"):
-        sys.orig_argv[:] = [*command, script.path]
-    sys.path.insert(0, script.directory)
-
-
-def _run(code: types.CodeType, path: str) -> int:
-    """Run the script as ``__main__``; its exit status, after the interpreter's exit."""
-    main = types.ModuleType("__main__")
-    main.__dict__.update(
-        __file__=path,
-        __cached__=None,
-        __builtins__=builtins,
-        __loader__=SourceFileLoader("__main__", path),
-    )
-    if _ANNOTATIONS:
-        main.__annotations__ = {}
-    sys.modules["__main__"] = main
-    try:
-        exec(code, main.__dict__)
-        status = 0
-    except SystemExit as exc:
-        status = _exit_status(exc.code)
-    except BaseException as exc:  # the interpreter's way: a traceback, then status 1
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        status = 1
-        if isinstance(exc, KeyboardInterrupt):
-            status = 130
-    return _finish(status, main)
-
-
-def _exit_status(code: object) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    try:
-        print(code, file=sys.stderr)
-    except Exception:
-        pass
-    return 1
-
-
-def _finish(status: int, main: types.ModuleType) -> int:
-    """The interpreter's exit, less the parts that cannot be seen from outside."""
-    threading = sys.modules.get("threading")
-    if threading is not None:
-        threading._shutdown()  # non-daemon threads are joined, as at a real exit
-    atexit._run_exitfuncs()
-    main.__dict__.clear()  # the script's objects go: files it left open are flushed
-    try:
-        sys.stdout.flush()
-    except Exception:
-        status = status or 120
-    try:
-        sys.stderr.flush()
-    except Exception:
-        pass
-    return status
 
 
 if __name__ == "__main__":

@@ -23,10 +23,13 @@ pytestmark = pytest.mark.skipif(not warm_spawn.available(), reason="warm mode is
 # name: script text (after a #! line for this interpreter). Each runs cold and warm.
 SCRIPTS = {
     "env.py": """\
-        import json, os, sys
+        import json, os, subprocess, sys
         body = sys.stdin.buffer.read().decode("latin-1")
+        os.environ["SET_BY_SCRIPT"] = "yes"  # libc's environ too: what exec'd programs get
+        execd = subprocess.run(["/usr/bin/env", "-0"], capture_output=True).stdout
         print("Content-Type: application/json\\n")
         print(json.dumps({
+            "execd": sorted(execd.decode("latin-1").split("\\0")),
             "env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv,
             "path0": sys.path[0], "file": __file__, "name": __name__, "body": body,
             "enc": [sys.stdout.encoding, sys.stdin.encoding, sys.stderr.encoding],
@@ -136,6 +139,8 @@ def test_the_environment_is_exactly_the_requests(
     cold = call(cold_host, "/env.py?x=1", HTTP_X_THING="t").json()
     assert warm == cold
     assert "CGIKIT_TEST_SECRET" not in warm["env"]
+    assert "SET_BY_SCRIPT=yes" in warm["execd"] and "HTTP_X_THING=t" in warm["execd"]
+    assert not any(line.startswith("CGIKIT_TEST_SECRET=") for line in warm["execd"])
     assert warm["env"]["HTTP_X_THING"] == "t" and warm["env"]["QUERY_STRING"] == "x=1"
 
 
