@@ -45,6 +45,7 @@ from __future__ import annotations
 # Signal calls below go to the C module: ``signal``'s wrappers build enums, and every
 # line of Python a child runs before the script copies pages it shares with the zygote.
 import array
+import codecs
 import gc
 import os
 import select
@@ -138,6 +139,13 @@ def _import(name: str, seen: set[str] | None = None) -> None:
         # A fork copies only the forking thread: a lock another thread held would stay
         # locked for ever in every child. Such a zygote must not fork at all.
         raise ImportError(f"preload {name} started a thread (forking would be unsafe)")
+    if name.startswith("encodings."):
+        # A codec module is found through the codec registry's search, once a process:
+        # looked up here, the children find it in the registry's cache.
+        try:
+            codecs.lookup(name.partition(".")[2])
+        except LookupError:
+            pass  # a helper module of the package, not a codec
     lazy = getattr(sys.modules[name], "__cgikit_preload__", ())
     for each in lazy if isinstance(lazy, (list, tuple)) else ():
         if isinstance(each, str):

@@ -332,6 +332,26 @@ def test_scripts_and_preloads_that_cannot_be_imported_run_cold(tmp_path: Path) -
         warm_spawn.close_all()
 
 
+def test_a_preloaded_codec_is_looked_up_once_in_the_zygote(tmp_path: Path) -> None:
+    # encodings.idna, preloaded, is in the encodings package's search cache of every
+    # child: no child searches for it again (werkzeug encodes host names with it).
+    root = tmp_path / "cgi"
+    text = (
+        "# cgikit-preload: encodings.idna\nimport encodings\n"
+        "print('Content-Type: text/plain\\n')\nprint('idna' in encodings._cache)"
+    )
+    write_script(root, "codec.py", PY, text)
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "codec.py")], print)
+        assert call(host, "/codec.py").body == b"True\n"
+        assert spawner.forks == 1
+    finally:
+        warm_spawn.close_all()
+
+
 def test_a_failing_global_preload_runs_everything_cold_with_one_log_line(tmp_path: Path) -> None:
     root = tmp_path / "cgi"
     write_script(
