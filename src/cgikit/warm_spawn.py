@@ -229,11 +229,16 @@ class Zygote:
                 self.forked.discard(pid)
                 try:
                     spare.sendmsg([b"\0".join([learner, *fields])], rights)
+                    sent = True
                 except OSError:
-                    continue  # it is gone: its exit comes from the zygote all the same
+                    sent = False  # it is gone: its exit comes from the zygote all the same
                 finally:
                     spare.close()
-                break
+                # The zygote counts its spares by this (not by theirs: under load one may
+                # wait a while for a CPU before it runs), and forks more when none is left.
+                self.sock.send(b"took\0%d" % pid)
+                if sent:
+                    break
             if argv[-1] not in self._told:  # for the spares to come: compiled once, ahead
                 self._told.add(argv[-1])
                 self.sock.send(b"script\0" + os.fsencode(argv[-1]))

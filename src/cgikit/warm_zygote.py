@@ -29,7 +29,8 @@ children on SIGCHLD (the handler runs between bytecodes, so even while a preload
 importing) and tells the worker each one's wait status.
 
 Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs it):
-  worker -> zygote  ``script`` path (once a script: compiled here for later spares)
+  worker -> zygote  ``took`` pid (a spare it sent a request to, or found dead)
+                    ``script`` path (once a script: compiled here for later spares)
   zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
                     ``forked`` pid (a spare, not ready yet: if the zygote dies, the
                     worker reaps it), then ``spare`` pid flag (+ a socket to it: it
@@ -62,6 +63,10 @@ MAX_MESSAGE = 1 << 20
 SPARES = 6  # children forked ahead of requests, at most
 SPARES_LOW = 2  # and at least
 LEARN_EVERY = 64  # requests between two children asked to show their pages (warm_pages)
+# Spares copy the learned pages ahead only while requests come less often than this (a
+# moving average of the time between two): when they come faster, the machine is busy,
+# and the copying would take CPU from requests rather than from idle time.
+PREFAULT_INTERVAL = 0.010  # s
 
 
 def main() -> None:
@@ -92,8 +97,6 @@ def main() -> None:
                     _drain(wakeup)
                     zygote.learn()
                     zygote.top_up()
-                elif fd != sock.fileno():
-                    zygote.taken(fd)  # a spare closed its end: it has a request, or died
                 else:
                     message, fds = _receive(sock)
                     _close(fds)
@@ -175,15 +178,16 @@ class Zygote:
     def __init__(self, sock: socket.socket, command: list[str]) -> None:
         self.sock, self.command = sock, command
         self.codes: dict[str, tuple[tuple[int, ...], warm_child.Script]] = {}  # by path
-        self.spares: dict[int, Spare] = {}  # announced, not taken yet: by control socket
+        self.spares: dict[int, Spare] = {}  # announced, not taken yet: by pid
         self.starting: list[Spare] = []  # forked, not ready yet
-        self.poller = select.poll()  # the main loop's: the worker's socket, the spares'
+        self.poller = select.poll()  # the main loop's: the worker's socket, the wake-up
         # Page learning (warm_pages): the pages a child of ours copied, which spares copy
         # ahead; the child asked to stop for it (0: none), and whether it has; requests
         # until the next one is asked (the first request is).
         self.learned: warm_pages.Ranges = []
         self.learner, self.learner_stopped = 0, False
         self.until_learning = 0 if warm_pages.available() else -1
+        self.interval, self.last_took = 1.0, 0.0  # s between two requests, and the last
 
     def reap(self, signum: int = 0, frame: object = None) -> None:
         """SIGCHLD: reap the children that have exited and tell the worker how."""
@@ -237,7 +241,9 @@ class Zygote:
 
     def announce(self, spare: Spare) -> None:
         """Hand the worker its socket to ``spare`` (ours is closed: the spare's request
-        comes from the worker alone); watch the spare's control socket for its close."""
+        comes from the worker alone). Our end of its control socket stays open until
+        the worker says it took the spare: its close is how a waiting spare would know
+        that the zygote is gone."""
         learner = self.asks_to_learn(spare)
         message = b"spare\0%d\0%s" % (spare.pid, b"L" if learner else b"")
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [spare.worker_end]))]
@@ -246,23 +252,23 @@ class Zygote:
         finally:
             os.close(spare.worker_end)
             spare.worker_end = -1
-        self.spares[spare.control.fileno()] = spare
-        self.poller.register(spare.control, select.POLLIN)
-
-    def taken(self, fd: int) -> None:
-        """A spare's control socket closed: it took a request (or died). Only when none
-        is left is one forked at once; else after the next exit."""
-        spare = self.spares.pop(fd, None)
-        self.poller.unregister(fd)
-        if spare is not None:
-            spare.close()
-        if not self.spares:
-            self.top_up()
+        self.spares[spare.pid] = spare
 
     def handle(self, fields: list[bytes]) -> None:
-        """``script`` path: compile it now, for the spares to come (a spare that finds
-        it new or changed compiles it itself, or runs it cold if it cannot)."""
-        if fields[0] == b"script" and len(fields) == 2:
+        """``took`` pid: the worker has sent the spare a request (or found it dead);
+        only when none is left is one forked at once, else after the next exit.
+        ``script`` path: compile it now, for the spares to come (a spare that finds it
+        new or changed compiles it itself, or runs it cold if it cannot)."""
+        if fields[0] == b"took" and len(fields) == 2:
+            now = time.monotonic()
+            self.interval = 0.8 * self.interval + 0.2 * min(now - self.last_took, 1.0)
+            self.last_took = now
+            spare = self.spares.pop(int(fields[1]), None)
+            if spare is not None:
+                spare.close()
+            if not self.spares:
+                self.top_up()
+        elif fields[0] == b"script" and len(fields) == 2:
             try:
                 self.compiled(os.fsdecode(fields[1]))
             except (OSError, SyntaxError, ValueError):
@@ -369,7 +375,8 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
     try:
         warm_child.detach()  # before it is announced: its group can be signalled from then on
         control.send(b"k")
-        warm_pages.prefault(zygote.learned, request)  # until the request comes
+        if zygote.interval > PREFAULT_INTERVAL:  # a quiet time: copy ahead, until it comes
+            warm_pages.prefault(zygote.learned, request)
         poller = select.poll()
         poller.register(request, select.POLLIN)
         poller.register(control, select.POLLIN)
