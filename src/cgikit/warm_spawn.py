@@ -207,7 +207,9 @@ class Zygote:
             self._pump(timeout, lambda: self.ready or self.failure is not None)
             return self.ready
 
-    def run(self, argv: Sequence[str], cwd: str, env: Environment, fds: Fds) -> int:
+    def run(
+        self, argv: Sequence[str], cwd: str, env: Environment, fds: Fds, stamp: bytes = b""
+    ) -> int:
         """Send the request to the next spare child, whose pid this returns: no answer
         to wait for (a spare that cannot compile the script execs it, as cold). A spare
         that has died since its announcement is passed over.
@@ -215,7 +217,8 @@ class Zygote:
         Raises:
             ConnectionError, OSError: the zygote is dead or stuck.
         """
-        fields = [b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd), *envp_of(env)]
+        fields = [stamp, b"%d" % len(argv), *map(os.fsencode, argv), os.fsencode(cwd)]
+        fields += envp_of(env)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         with self._lock:
             # Gone? One waitpid, not the messages it sent since (read when needed: its
@@ -355,9 +358,10 @@ class WarmSpawner:
             zygote = self._usable(key, log) if isinstance(how, WarmPlan) else None
             if zygote is None:
                 return None
+            stamp = b":".join(b"%d" % each for each in self._plans[argv[-1]][0])
             parents, children = posix_spawn.pipes(null_stdin=null_stdin)
             try:
-                pid = zygote.run(argv, cwd, env, children)
+                pid = zygote.run(argv, cwd, env, children, stamp)
             except OSError as exc:  # ConnectionError, TimeoutError: it is dead or stuck
                 posix_spawn.close_ends(parents)
                 self._drop(zygote, f"stopped answering ({exc}); running the script cold", log)

@@ -37,7 +37,8 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
                     is ready to take a coming request; flag ``L``: it is to stop
                     after its script for the zygote to learn its pages, warm_pages)
                     ``exit`` pid status (at any time: a child was reaped)
-  worker -> spare   flag count argv... cwd k=v... (+3 descriptors), then the close
+  worker -> spare   flag stamp count argv... cwd k=v... (+3 descriptors), then the
+                    close (stamp: the script's ino:dev:mtime_ns:size, as the worker saw it)
 
 """
 
@@ -319,7 +320,7 @@ class Zygote:
     def compiled(self, path: str) -> warm_child.Script:
         """The script's code and directory, once per version of the file."""
         info = os.stat(path)
-        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
+        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)  # as the worker's
         cached = self.codes.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -329,6 +330,11 @@ class Zygote:
         script = warm_child.Script(code, path, os.path.dirname(os.path.realpath(path)))
         self.codes[path] = (key, script)
         return script
+
+
+def _stamp(key: tuple[int, ...]) -> bytes:
+    """A file's stat key as the worker sends it: ino:dev:mtime_ns:size."""
+    return b":".join(b"%d" % each for each in key)
 
 
 def _text(text: str) -> bytes:
@@ -382,15 +388,20 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
         poller.register(control, select.POLLIN)
         if all(fd != request.fileno() for fd, _events in poller.poll()):
             os._exit(0)  # the zygote is gone: none would report our exit, or reap us
-        message, fds = _receive(request)
+        message, fds = _receive(request, sized=True)
     except BaseException:
         os._exit(0)
     if not message:
         os._exit(0)  # let go: by the worker, or by the zygote before its announcement
-    learner, count, *fields = message.split(b"\0")
+    learner, stamp, count, *fields = message.split(b"\0")
     argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
+    path = os.fsdecode(argv[-1])
+    cached = zygote.codes.get(path)
     try:  # compiled in the zygote before this spare was forked, unless new or changed
-        script = zygote.compiled(os.fsdecode(argv[-1]))
+        if cached is not None and _stamp(cached[0]) == stamp:
+            script = cached[1]  # the worker's stat of it matches: no stat of our own
+        else:
+            script = zygote.compiled(path)
     except (OSError, SyntaxError, ValueError) as exc:
         warm_child.exec_cold(
             argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}"
@@ -398,9 +409,15 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
     warm_child.become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner == b"L")
 
 
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """A message and the descriptors it carries (``socket.recv_fds``, in fewer lines)."""
-    message, ancillary, _flags, _addr = sock.recvmsg(MAX_MESSAGE, _RIGHTS_SPACE)
+def _receive(sock: socket.socket, sized: bool = False) -> tuple[bytes, list[int]]:
+    """A message and the descriptors it carries (``socket.recv_fds``, in fewer lines).
+    ``sized``: its length asked first (MSG_PEEK | MSG_TRUNC), for a buffer of that
+    size: a request's is a few KiB, and a MAX_MESSAGE buffer is an mmap and an mremap
+    on the way of a spare's request."""
+    size = MAX_MESSAGE
+    if sized:
+        size = min(size, max(1, sock.recv_into(bytearray(1), 1, _PEEK_SIZE)))
+    message, ancillary, _flags, _addr = sock.recvmsg(size, _RIGHTS_SPACE)
     fds = array.array("i")
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -409,6 +426,7 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 
 _RIGHTS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
+_PEEK_SIZE = socket.MSG_PEEK | socket.MSG_TRUNC  # Linux: recv's result is the whole length
 
 
 def _fork() -> int:

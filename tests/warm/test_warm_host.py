@@ -352,6 +352,29 @@ def test_a_preloaded_codec_is_looked_up_once_in_the_zygote(tmp_path: Path) -> No
         warm_spawn.close_all()
 
 
+def test_an_edited_script_runs_as_edited_on_the_next_request(tmp_path: Path) -> None:
+    # The spares waiting already hold the old version, compiled: the worker's stat of
+    # the file (sent with the request) tells them it changed.
+    root = tmp_path / "cgi"
+    path = write_script(root, "edited.py", PY, "print('Content-Type: text/plain\\n')\nprint(1)")
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(path)], print)
+        # Past the first batch of spares (forked before the zygote knew the script): the
+        # ones now waiting were forked with it compiled.
+        assert [call(host, "/edited.py").body for _ in range(SPARES + 1)] == [b"1\n"] * (SPARES + 1)
+        text = path.read_text().replace("print(1)", "print(2)")  # the same size
+        path.write_text(text)
+        info = path.stat()
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        assert [call(host, "/edited.py").body for _ in range(3)] == [b"2\n"] * 3
+        assert spawner.forks == SPARES + 4
+    finally:
+        warm_spawn.close_all()
+
+
 def test_a_failing_global_preload_runs_everything_cold_with_one_log_line(tmp_path: Path) -> None:
     root = tmp_path / "cgi"
     write_script(
