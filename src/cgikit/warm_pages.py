@@ -34,6 +34,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_PAGES = 8192  # a spare copies at most this many pages ahead (32 MiB of 4 KiB pages)
 MAX_SCAN = 1 << 30  # bytes of a child's writable memory looked at, at most
 CHUNK = 64  # pages populated between two looks for a request that has come
+# Runs this close together are populated as one: a few pages more cost less than a
+# system call each (a Flask child's ~1,000 pages come in ~500 runs, ~90 once joined).
+GAP = 8  # pages
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 # pagemap entries are 64-bit little-endian: bit 63 "present", bit 56 "exclusively
@@ -68,7 +71,21 @@ def learn(pid: int) -> Ranges:
         return []
     finally:
         os.close(fd)
-    return _cap(runs)
+    return _cap(_joined(runs))
+
+
+def _joined(runs: Ranges) -> Ranges:
+    """``runs`` (in address order) with those less than GAP pages apart made one."""
+    joined: Ranges = []
+    for start, pages in runs:
+        if joined:
+            last_start, last_pages = joined[-1]
+            gap = (start - last_start) // PAGE - last_pages
+            if 0 <= gap < GAP:
+                joined[-1] = (last_start, last_pages + gap + pages)
+                continue
+        joined.append((start, pages))
+    return joined
 
 
 def _writable(maps: bytes) -> list[tuple[int, int]]:
@@ -125,12 +142,15 @@ def prefault(runs: Ranges, sock: socket.socket) -> int:
     madvise = _madvise
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    done = 0
+    done, since_look = 0, CHUNK  # a look before the first chunk too
     for start, pages in runs:
         for offset in range(0, pages, CHUNK):
-            if poller.poll(0):
-                return done  # a request: it must not wait for the rest
+            if since_look >= CHUNK:
+                if poller.poll(0):
+                    return done  # a request: it must not wait for the rest
+                since_look = 0
             size = min(CHUNK, pages - offset)
+            since_look += size
             if madvise(start + offset * PAGE, size * PAGE, MADV_POPULATE_WRITE) == 0:
                 done += size
             elif ctypes.get_errno() == 22:

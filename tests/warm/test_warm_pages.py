@@ -152,3 +152,10 @@ def test_prefault_skips_what_is_not_mapped(shared_buffer: tuple[mmap.mmap, int])
         ours.close()
         theirs.close()
     assert done in (0, 8)  # 0: this kernel has no such advice
+
+
+def test_runs_close_together_are_joined() -> None:
+    page, gap = warm_pages.PAGE, warm_pages.GAP
+    runs = [(0, 2), (page * (2 + gap - 1), 1), (page * 100, 1), (page * 101, 3)]
+    assert warm_pages._joined(runs) == [(0, 2 + gap - 1 + 1), (page * 100, 4)]
+    assert warm_pages._joined([]) == []
