@@ -6,12 +6,13 @@ copies that page (a copy-on-write fault: 3-5 µs each on the machines we measure
 warm Flask request writes about 1,100 such pages, mostly reference counts spread over
 the heap, and those faults were most of its time. Which pages they are changes little
 from one request of a script to the next. So now and then the zygote asks a child to
-stop itself (SIGSTOP) once its script has run, its output still open, and reads in
-/proc/PID/pagemap which of the child's private writable pages are its own by then:
-present and mapped by it alone (``learn``). The spares forked after that write-fault
-those pages with ``madvise(MADV_POPULATE_WRITE)`` while they wait for a request
-(``prefault``), so a request finds most of the copying done. The CPU is spent all the
-same, but not while a client waits.
+stop itself (SIGSTOP) once its script has run and its output is closed (no client
+waits for this), and reads in /proc/PID/pagemap which of the child's private writable
+pages are its own by then: present and mapped by it alone (``learn``). The spares
+forked after that write-fault those pages with ``madvise(MADV_POPULATE_WRITE)`` while
+they wait for a request (``prefault``), so a request finds most of the copying done.
+The CPU is spent all the same, but not while a client waits; the zygote has spares do
+it only while requests are far enough apart for idle time to do it in.
 
 What this shares between requests is which pages were written, never their contents: a
 spare's copies are of the zygote's pages. A page that every other holder copied away

@@ -14,8 +14,9 @@ environment and nothing else, the script's directory as working directory and fi
 ``sys.path`` entry, ``sys.argv`` = [script]. The child ends as an interpreter would:
 ``SystemExit``'s code, a traceback and status 1 for an uncaught exception, non-daemon
 threads joined, atexit handlers run, stdout flushed (status 120 if that fails). Then
-``os._exit``: the rest of a full finalization would touch, and so copy, every page
-shared with the zygote.
+its descriptors are closed (the server ends the response at that EOF, not after the
+exit's teardown) and ``os._exit``: the rest of a full finalization would touch, and
+so copy, every page shared with the zygote (``warm_child``).
 
 What a cold run would do and the zygote does not: start a new interpreter (so its hash
 seed is the zygote's; ``random`` is reseeded at the fork by its own at-fork hook), and
