@@ -117,8 +117,8 @@ class Zygote:
 
     Its messages are read under ``_lock`` by whoever needs one: ``exit`` reports are
     filed in ``_statuses``, ``spare`` announcements queued in ``spares`` (the children
-    forked ahead, which take the requests in that order: each with its pid, our end of
-    a socket to it, and whether it is to show its pages), ``ready``/``fail`` set the
+    forked ahead, which take the requests in that order: each with its pid and our end
+    of a socket to it), ``ready``/``fail`` set the
     state. The zygote is not on a request's way: one process less to wake.
     """
 
@@ -154,7 +154,7 @@ class Zygote:
         self.failure_logged = False
         self._lock = threading.Lock()
         self._statuses: dict[int, int] = {}
-        self.spares: collections.deque[tuple[int, socket.socket, bytes]] = collections.deque()
+        self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
         self.forked: set[int] = set()  # its spares not given a request yet, ready or not
         self._told: set[str] = set()  # the scripts it was told of (to compile ahead)
 
@@ -196,10 +196,10 @@ class Zygote:
             while True:
                 if not self._pump(REPLY_TIMEOUT, lambda: bool(self.spares)):
                     raise TimeoutError(f"no spare child in {REPLY_TIMEOUT:g} s")
-                pid, spare, learner = self.spares.popleft()
+                pid, spare = self.spares.popleft()
                 self.forked.discard(pid)
                 try:
-                    spare.sendmsg([b"\0".join([learner, *fields])], rights)
+                    spare.sendmsg([b"\0".join(fields)], rights)
                     sent = True
                 except OSError:
                     sent = False  # it is gone: its exit comes from the zygote all the same
@@ -249,8 +249,7 @@ class Zygote:
             raise ConnectionError("it exited")
         kind, _, text = message.partition(b"\0")
         if kind == b"spare" and fd is not None:
-            pid, _, learner = text.partition(b"\0")
-            self.spares.append((int(pid), socket.socket(fileno=fd), learner))
+            self.spares.append((int(text), socket.socket(fileno=fd)))
             return
         if fd is not None:
             os.close(fd)  # carried by no other message
@@ -289,7 +288,7 @@ class Zygote:
         """Close our ends of the spares' sockets: each spare exits at their EOF."""
         with self._lock:
             spares, self.spares = list(self.spares), collections.deque()
-        for _pid, spare, _learner in spares:
+        for _pid, spare in spares:
             spare.close()
 
     def close(self) -> None:

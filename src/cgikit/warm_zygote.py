@@ -34,11 +34,10 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
                     ``script`` path (once a script: compiled here for later spares)
   zygote -> worker  ``ready`` | ``fail`` reason (after the preloads: it runs nothing)
                     ``forked`` pid (a spare, not ready yet: if the zygote dies, the
-                    worker reaps it), then ``spare`` pid flag (+ a socket to it: it
-                    is ready to take a coming request; flag ``L``: it is to stop
-                    after its script for the zygote to learn its pages, warm_pages)
+                    worker reaps it), then ``spare`` pid (+ a socket to it: it is
+                    ready to take a coming request)
                     ``exit`` pid status (at any time: a child was reaped)
-  worker -> spare   flag stamp count argv... cwd k=v... (+3 descriptors), then the
+  worker -> spare   stamp count argv... cwd k=v... (+3 descriptors), then the
                     close (stamp: the script's ino:dev:mtime_ns:size, as the worker saw it)
 
 """
@@ -230,7 +229,7 @@ class Zygote:
                 del self.codes[path]  # gone or broken: each spare finds out itself
         forked = self.starting
         while len(self.spares) + len(forked) < SPARES:
-            forked.append(Spare(self))
+            forked.append(Spare(self, self.asks_to_learn()))
             self.sock.send(b"forked\0%d" % forked[-1].pid)  # if we die, the worker reaps it
         while forked:
             spare = forked.pop(0)
@@ -240,14 +239,15 @@ class Zygote:
                 self.announce(spare)
             else:
                 spare.close()
+                if spare.learner:
+                    self.learner, self.learner_stopped = 0, False  # died young: ask another
 
     def announce(self, spare: Spare) -> None:
         """Hand the worker its socket to ``spare`` (ours is closed: the spare's request
         comes from the worker alone). Our end of its control socket stays open until
         the worker says it took the spare: its close is how a waiting spare would know
         that the zygote is gone."""
-        learner = self.asks_to_learn(spare)
-        message = b"spare\0%d\0%s" % (spare.pid, b"L" if learner else b"")
+        message = b"spare\0%d" % spare.pid
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [spare.worker_end]))]
         try:
             self.sock.sendmsg([message], rights)
@@ -276,15 +276,15 @@ class Zygote:
             except (OSError, SyntaxError, ValueError):
                 pass
 
-    def asks_to_learn(self, spare: Spare) -> bool:
-        """Whether ``spare`` is to stop after its script for ``learn`` (the first request,
-        then one in LEARN_EVERY, one at a time)."""
+    def asks_to_learn(self) -> bool:
+        """Whether the spare about to be forked is to stop after its script for
+        ``learn`` (the first, then one in LEARN_EVERY, one at a time)."""
         if self.until_learning < 0 or self.learner:
             return False
         if self.until_learning > 0:
             self.until_learning -= 1
             return False
-        self.until_learning, self.learner = LEARN_EVERY - 1, spare.pid
+        self.until_learning, self.learner = LEARN_EVERY - 1, -1  # its pid once forked
         return True
 
     def learn(self) -> None:
@@ -356,7 +356,8 @@ class Spare:
     request waits for no fork. On a second socket it says it is ready, and its close
     tells the zygote it has a request."""
 
-    def __init__(self, zygote: Zygote) -> None:
+    def __init__(self, zygote: Zygote, learner: bool) -> None:
+        self.learner = learner  # to stop after its script for ``Zygote.learn``
         self.control, control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         worker, request = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         worker.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
@@ -366,7 +367,9 @@ class Spare:
             for each in [*zygote.spares.values(), *zygote.starting, self]:
                 each.close()  # the zygote's ends: a spare holds only its own
             zygote.sock.close()  # or the worker would not see the zygote's end
-            _wait_as_spare(control, request, zygote)
+            _wait_as_spare(control, request, zygote, learner)
+        if learner:
+            zygote.learner = self.pid
         control.close()
         request.close()
 
@@ -377,12 +380,16 @@ class Spare:
             self.worker_end = -1
 
 
-def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygote) -> None:
-    """The spare's life: its request, then the script's run (never returns)."""
+def _wait_as_spare(
+    control: socket.socket, request: socket.socket, zygote: Zygote, learner: bool
+) -> None:
+    """The spare's life: its request, then the script's run (never returns). A learner
+    copies nothing ahead: the pages it holds alone at the end must be its request's, or
+    each learned set would hold the one before it, and grow."""
     try:
         warm_child.detach()  # before it is announced: its group can be signalled from then on
         control.send(b"k")
-        if zygote.interval > PREFAULT_INTERVAL:  # a quiet time: copy ahead, until it comes
+        if not learner and zygote.interval > PREFAULT_INTERVAL:  # a quiet time: copy ahead
             warm_pages.prefault(zygote.learned, request)
         poller = select.poll()
         poller.register(request, select.POLLIN)
@@ -394,7 +401,7 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
         os._exit(0)
     if not message:
         os._exit(0)  # let go: by the worker, or by the zygote before its announcement
-    learner, stamp, count, *fields = message.split(b"\0")
+    stamp, count, *fields = message.split(b"\0")
     argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
     path = os.fsdecode(argv[-1])
     cached = zygote.codes.get(path)
@@ -407,7 +414,7 @@ def _wait_as_spare(control: socket.socket, request: socket.socket, zygote: Zygot
         warm_child.exec_cold(
             argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}"
         )
-    warm_child.become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner == b"L")
+    warm_child.become(script, os.fsdecode(cwd), env, fds, zygote.command, learner=learner)
 
 
 def _receive(sock: socket.socket, sized: bool = False) -> tuple[bytes, list[int]]:
