@@ -60,8 +60,9 @@ class WarmSpawner:
         self._preload, self._env = tuple(preload), env
         self._zygotes: dict[ZygoteKey, Zygote] = {}
         self._retry_at: dict[ZygoteKey, float] = {}
-        # Per script path: its stat key, its plan, and its zygote's key (a realpath).
-        self._plans: dict[str, tuple[tuple[int, ...], WarmPlan | Cold, ZygoteKey]] = {}
+        # Per script path: its stamp (ino:dev:mtime_ns:size, what a spare is told too),
+        # its plan, and its zygote's key (a realpath).
+        self._plans: dict[str, tuple[bytes, WarmPlan | Cold, ZygoteKey]] = {}
         self._lock = threading.Lock()
         self.forks = 0  # scripts run warm, for tests and benchmarks
         self.closed = False
@@ -71,11 +72,10 @@ class WarmSpawner:
     ) -> WarmChild | None:
         """The script forked by its zygote, or None: run it cold (module docstring)."""
         with self._lock:
-            how, key = self._plan(argv, log)
+            how, key, stamp = self._plan(argv, log)
             zygote = self._usable(key, log) if isinstance(how, WarmPlan) else None
             if zygote is None:
                 return None
-            stamp = b":".join(b"%d" % each for each in self._plans[argv[-1]][0])
             parents, children = posix_spawn.pipes(null_stdin=null_stdin)
             try:
                 pid = zygote.run(argv, cwd, env, children, stamp)
@@ -92,7 +92,7 @@ class WarmSpawner:
         """Start the script's zygote with its preloads and wait until it is ready (the
         first requests are otherwise run cold while it starts); whether it runs warm."""
         with self._lock:
-            how, key = self._plan(argv, log)
+            how, key, _stamp = self._plan(argv, log)
             if not isinstance(how, WarmPlan):
                 return False
             deadline = time.monotonic() + timeout
@@ -108,18 +108,18 @@ class WarmSpawner:
                     pass  # dead: ``_usable`` says so and starts another
             return True
 
-    def _plan(self, argv: Sequence[str], log: Log) -> tuple[WarmPlan | Cold, ZygoteKey]:
-        """``warm_plan.plan`` for the script and its zygote's key, cached per version of
-        the file."""
+    def _plan(self, argv: Sequence[str], log: Log) -> tuple[WarmPlan | Cold, ZygoteKey, bytes]:
+        """``warm_plan.plan`` for the script, its zygote's key and the file's stamp,
+        cached per version of the file."""
         path = argv[-1]
         try:
             info = os.stat(path)
         except OSError as exc:
-            return Cold(f"cannot stat it: {exc.strerror}"), ((), (), "")
-        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
+            return Cold(f"cannot stat it: {exc.strerror}"), ((), (), ""), b""
+        stamp = b"%d:%d:%d:%d" % (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
         cached = self._plans.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2], stamp
         try:
             with open(path, "rb") as f:
                 head = f.read(HEAD_BYTES)
@@ -130,8 +130,8 @@ class WarmSpawner:
         if isinstance(how, Cold) and how.mistake:
             log(f"{path}: runs cold: {how.reason}")
         zygote = _key(how, argv) if isinstance(how, WarmPlan) else ((), (), "")
-        self._plans[path] = (key, how, zygote)
-        return how, zygote
+        self._plans[path] = (stamp, how, zygote)
+        return how, zygote, stamp
 
     def _usable(self, key: ZygoteKey, log: Log) -> Zygote | None:
         """The key's zygote if it takes a request now; starts one if there is none."""

@@ -177,7 +177,7 @@ def _drain(fd: int) -> None:
 class Zygote:
     def __init__(self, sock: socket.socket, command: list[str]) -> None:
         self.sock, self.command = sock, command
-        self.codes: dict[str, tuple[tuple[int, ...], warm_child.Script]] = {}  # by path
+        self.codes: dict[str, tuple[bytes, warm_child.Script]] = {}  # by path, with stamps
         self.spares: dict[int, Spare] = {}  # announced, not taken yet: by pid
         self.starting: list[Spare] = []  # forked, not ready yet
         self.poller = select.poll()  # the main loop's: the worker's socket, the wake-up
@@ -290,7 +290,7 @@ class Zygote:
             try:
                 self.compiled(os.fsdecode(fields[1]))
             except (OSError, SyntaxError, ValueError):
-                pass
+                pass  # each spare finds out too, and runs it cold
 
     def asks_to_learn(self) -> bool:
         """Whether the spare about to be forked is to stop after its script for
@@ -337,7 +337,7 @@ class Zygote:
     def compiled(self, path: str) -> warm_child.Script:
         """The script's code and directory, once per version of the file."""
         info = os.stat(path)
-        key = (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)  # as the worker's
+        key = b"%d:%d:%d:%d" % (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_size)
         cached = self.codes.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -347,11 +347,6 @@ class Zygote:
         script = warm_child.Script(code, path, os.path.dirname(os.path.realpath(path)))
         self.codes[path] = (key, script)
         return script
-
-
-def _stamp(key: tuple[int, ...]) -> bytes:
-    """A file's stat key as the worker sends it: ino:dev:mtime_ns:size."""
-    return b":".join(b"%d" % each for each in key)
 
 
 def _text(text: str) -> bytes:
@@ -421,11 +416,11 @@ def _wait_as_spare(
     argv, (cwd, *env) = fields[: int(count)], fields[int(count) :]
     path = os.fsdecode(argv[-1])
     cached = zygote.codes.get(path)
-    try:  # compiled in the zygote before this spare was forked, unless new or changed
-        if cached is not None and _stamp(cached[0]) == stamp:
-            script = cached[1]  # the worker's stat of it matches: no stat of our own
-        else:
-            script = zygote.compiled(path)
+    # Compiled in the zygote before this spare was forked, unless new or changed: the
+    # worker's stamp of the file says which, and saves a stat of our own.
+    try:
+        fresh = cached is not None and cached[0] == stamp
+        script = cached[1] if cached is not None and fresh else zygote.compiled(path)
     except (OSError, SyntaxError, ValueError) as exc:
         warm_child.exec_cold(
             argv, os.fsdecode(cwd), env, fds, f"runs cold: it does not compile: {exc}"
