@@ -354,7 +354,7 @@ SLOW_EXIT = """
 import atexit, time, cgikit
 atexit.register(time.sleep, 30)
 cgikit.run(app)
-print("after run")
+print("after run", flush=True)
 """
 
 
@@ -374,11 +374,12 @@ def test_the_response_ends_when_it_is_whole_not_at_the_exit(tmp_path: Path, runn
         out = proc.stdout.read()  # to EOF, which must come well before the 30 s
         assert out == HELLO
         assert proc.poll() is None  # still sleeping: the EOF came first
+        if runner == SLOW_EXIT:
+            # stdout points at the error stream from run on. The print may come just
+            # after the EOF: wait for it (bounded) before the kill.
+            assert b"after run" in read_until(proc.stderr.fileno(), b"after run", TIMEOUT)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(TIMEOUT)
-        errors = proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
-    if runner == SLOW_EXIT:
-        assert b"after run" in errors  # stdout points at the error stream from run on
