@@ -11,9 +11,11 @@ from __future__ import annotations
 
 # Signal calls go to the C module: ``signal``'s wrappers build enums.
 import _signal  # type: ignore[import-not-found]
+import array
 import atexit
 import builtins
 import ctypes
+import itertools
 import os
 import signal
 import sys
@@ -102,6 +104,7 @@ def _enter(script: Script, cwd: str, env: list[bytes], fds: list[int], command: 
 
 
 _environ: list[object] = []  # what libc's environ points into: it must outlive us
+_POINTER = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "I"  # array typecode
 try:
     _ENVIRON: ctypes.c_void_p | None = ctypes.c_void_p.in_dll(ctypes.CDLL(None), "environ")
 except (AttributeError, ValueError, OSError):  # no such symbol here: the setenv way
@@ -113,10 +116,12 @@ def _set_environ(env: list[bytes]) -> None:
     exec'd programs get) and ``os.environ`` (which shares one dict with os.environb,
     filled directly, not through its MutableMapping methods).
 
-    libc's ``environ`` is pointed at an array of pointers into the strings themselves
-    (a bytes object's buffer is NUL-terminated): one assignment, where a setenv and an
-    unsetenv per variable took a tenth of a millisecond. libc copes with an environ it
-    did not allocate: a later setenv or putenv copies it. Without ctypes, the setenv way.
+    libc's ``environ`` is pointed at two arrays made here: the NUL-ended strings in one
+    buffer, and the NULL-ended pointers into it. One assignment, where a setenv and an
+    unsetenv per variable took a tenth of a millisecond; and no ctypes array, whose type
+    (one per length) a child would make anew each time, for half the cost again. libc
+    copes with an environ it did not allocate: a later setenv or putenv copies it.
+    Without ctypes, the setenv way.
     """
     data = os.environ._data  # type: ignore[attr-defined]
     names = list(data)
@@ -130,9 +135,16 @@ def _set_environ(env: list[bytes]) -> None:
         for name, value in data.items():
             os.putenv(name, value)
         return
-    array = (ctypes.c_char_p * (len(env) + 1))(*env)  # the last one NULL
-    _environ[:] = [env, array]
-    _ENVIRON.value = ctypes.addressof(array)
+    strings = array.array("B", b"\0".join(env) + b"\0")
+    lengths = [len(entry) + 1 for entry in env]
+    pointers = array.array(_POINTER, itertools.accumulate(lengths, initial=_address(strings)))
+    pointers[-1] = 0  # the NULL that ends environ
+    _environ[:] = [strings, pointers]
+    _ENVIRON.value = _address(pointers)
+
+
+def _address(buffer: array.array[int]) -> int:
+    return buffer.buffer_info()[0]
 
 
 def _run(code: types.CodeType, path: str) -> int:
