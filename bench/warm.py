@@ -64,7 +64,11 @@ print("Content-Type: text/plain")
 print()
 print("Hello, world!")
 """
-FLASK_APP = """from flask import Flask
+# The app module. Its last line is docs/warm.md's advice: in warm mode's zygote one
+# GET goes through the app, so that children start with Flask's first-request work
+# done; everywhere else (cold, FastCGI, the script-built app in a child) a no-op.
+FLASK_APP = """import cgikit
+from flask import Flask
 
 app = Flask(__name__)
 
@@ -72,6 +76,9 @@ app = Flask(__name__)
 @app.route("/")
 def hello() -> str:
     return "Hello, world!"
+
+
+cgikit.warm_up(app)
 """
 FLASK_MAIN = """
 

@@ -42,6 +42,7 @@ __all__ = [
     "run",
     "run_auto",
     "run_gateway",
+    "warm_up",
 ]
 
 # What ``run`` imports only when it runs (so that ``import cgikit`` stays cheap for a
@@ -253,6 +254,22 @@ class CGIHandler:
 # IIS's habit of repeating SCRIPT_NAME in PATH_INFO is repaired whenever SERVER_SOFTWARE
 # names IIS, so the IIS variant needs no code of its own.
 IISCGIHandler = CGIHandler
+
+
+def warm_up(app: "WSGIApp", path: str = "/", *, script_name: str = "") -> bool:
+    """Warm mode: one GET of ``path`` through ``app`` in the zygote, at import of the
+    app module it preloads, so that every child is forked with the framework's
+    first-request work done (routing built, caches filled). Anywhere else: nothing.
+
+    Returns whether a request was made and answered below 400 (a failure is logged on
+    stderr, never raised). Its side effects are every child's: choose a harmless path
+    (cgikit.warm_request, docs/warm.md).
+    """
+    if os.environ.get("CGIKIT_ZYGOTE") != "1":  # set by warm_zygote for its preloads
+        return False
+    from cgikit.warm_request import warm_request
+
+    return warm_request(app, path, script_name)
 
 
 def __getattr__(name: str) -> object:

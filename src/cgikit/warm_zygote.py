@@ -4,7 +4,8 @@
 server's allow-listed environment, one per interpreter command and set of script
 preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
-(so a thin script's app module beside it is built once, here), tells its worker
+(so a thin script's app module beside it is built once, here; ``CGIKIT_ZYGOTE=1`` is
+in its environment meanwhile, for ``cgikit.warm_up``'s one request), tells its worker
 ``ready`` over the SOCK_SEQPACKET socket FD, and forks "spares" ahead of requests,
 announced to the worker by pid, each with a socket to it. The worker sends each
 request straight to the next spare, which runs the
@@ -67,6 +68,7 @@ LEARN_EVERY = 64  # requests between two children asked to show their pages (war
 # Spares copy the learned pages ahead only while requests come less often than this (a
 # moving average of the time between two), and one at a time (``Zygote.quiet``).
 PREFAULT_INTERVAL = 0.010  # s
+ZYGOTE_VARIABLE = "CGIKIT_ZYGOTE"  # read by cgikit.warm_up (not imported: stdlib only here)
 
 
 def main() -> None:
@@ -113,6 +115,7 @@ def main() -> None:
 def _preload(host: list[str], mine: list[str], directory: str) -> str:
     """Import the host's preloads, then the scripts' with their directory leading
     ``sys.path``; what went wrong, or ""."""
+    os.environ[ZYGOTE_VARIABLE] = "1"  # for cgikit.warm_up, which acts only here
     try:
         for name in filter(None, host):
             _import(name)
@@ -124,6 +127,8 @@ def _preload(host: list[str], mine: list[str], directory: str) -> str:
             sys.path.remove(directory)
     except Exception as exc:  # an import error, or a preload that started a thread
         return str(exc)
+    finally:
+        del os.environ[ZYGOTE_VARIABLE]
     return ""
 
 

@@ -535,3 +535,101 @@ def test_cgikit_names_the_modules_its_run_imports() -> None:
     assert done.returncode == 0 and done.stdout.startswith(b"Status: 200")
     imported = {name for name in done.stderr.decode().split() if name.startswith("cgikit")}
     assert imported == set(cgikit.__cgikit_preload__)
+
+
+WARM_APP = """\
+import os, cgikit
+seen = []  # what the app saw, and in which process
+
+def app(environ, start_response):
+    seen.append([os.getpid(), environ["SCRIPT_NAME"], environ["PATH_INFO"],
+                 environ["QUERY_STRING"], environ.get("HTTP_USER_AGENT")])
+    if environ["PATH_INFO"] == "/boom":
+        raise RuntimeError("warm-up boom")
+    start_response("404 Not Found" if environ["PATH_INFO"] == "/gone" else "200 OK",
+                   [("Content-Type", "text/plain")])
+    return [b"x" * 200_000]  # more than a pipe holds: the warm-up must not block
+
+warmed = cgikit.warm_up(app, os.environ.get("WARM_PATH", "/ping?x=1"), script_name="/app")
+"""
+WARM_SCRIPT = """\
+# cgikit-preload: cgikit_warm_app
+import json, os, cgikit_warm_app as mod
+print("Content-Type: application/json\\n")
+print(json.dumps({"warmed": mod.warmed, "zygote": [s[0] == os.getppid() for s in mod.seen],
+                  "seen": [s[1:] for s in mod.seen], "flag": os.environ.get("CGIKIT_ZYGOTE")}))
+"""
+
+
+def _warm_up_host(root: Path, warm_path: str) -> CGIHost:
+    (root / "cgikit_warm_app.py").write_text(WARM_APP)
+    write_script(root, "thin.py", PY, WARM_SCRIPT)
+    env = [f"PYTHONPATH={SRC}", f"WARM_PATH={warm_path}"]
+    return CGIHost(root, warm=True, env=env, **FAST)
+
+
+def test_warm_up_makes_one_request_in_the_zygote_and_children_inherit_it(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "cgi"
+    root.mkdir()
+    host = _warm_up_host(root, "/ping?x=1")
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "thin.py")], print)
+        for _ in range(2):  # the zygote's one request, in each child; no second one
+            got = json.loads(call(host, "/thin.py").body)
+            assert got == {
+                "warmed": True,
+                "zygote": [True],
+                "seen": [["/app", "/ping", "x=1", "cgikit-warm-up"]],
+                "flag": None,  # a child's environment is its request's
+            }
+        assert spawner.forks == 2
+        cold = CGIHost(root, env=[f"PYTHONPATH={SRC}"], **FAST)
+        got = json.loads(call(cold, "/thin.py").body)
+        assert got == {"warmed": False, "zygote": [], "seen": [], "flag": None}  # a no-op
+    finally:
+        warm_spawn.close_all()
+
+
+@pytest.mark.parametrize(
+    ("warm_path", "logged"),
+    [("/boom", "RuntimeError: warm-up boom"), ("/gone", "answered 404 Not Found")],
+)
+def test_a_failing_warm_up_is_logged_and_the_zygote_serves_on(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], warm_path: str, logged: str
+) -> None:
+    import json
+
+    root = tmp_path / "cgi"
+    root.mkdir()
+    host = _warm_up_host(root, warm_path)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "thin.py")], print)  # warm all the same
+        got = json.loads(call(host, "/thin.py").body)
+        assert got["warmed"] is False and got["zygote"] == [True]
+        assert spawner.forks == 1
+    finally:
+        warm_spawn.close_all()
+    errors = capfd.readouterr().err  # the zygote's stderr is the server's
+    assert f"cgikit: warm-up GET /app{warm_path}: " in errors
+    assert logged in errors
+
+
+def test_warm_up_outside_a_zygote_imports_nothing() -> None:
+    import subprocess
+
+    code = (
+        "import sys, cgikit\n"
+        "before = set(sys.modules)\n"
+        "assert cgikit.warm_up(lambda e, s: [b''], '/') is False\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {"PYTHONPATH": str(SRC), "CGIKIT_ZYGOTE": "0"}
+    done = subprocess.run([PY, "-c", code], env=env, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []  # a cold script pays nothing for the call
