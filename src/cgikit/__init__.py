@@ -307,7 +307,11 @@ def read_meta() -> dict[str, str]:
     environb = getattr(os, "environb", None)
     if environb is None:  # Windows: the variables only exist as str
         return dict(os.environ)
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in environb.items()}
+    # Its own dict of bytes, read directly: the mapping's methods cost a few Python
+    # calls a variable, a tenth of what cgikit.run costs a warm child before the app.
+    data = getattr(environb, "_data", None)
+    items = data.items() if type(data) is dict else environb.items()
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in items}
 
 
 def send_all(data: bytes, fd: int = STDOUT) -> None:

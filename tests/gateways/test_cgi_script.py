@@ -383,3 +383,15 @@ def test_the_response_ends_when_it_is_whole_not_at_the_exit(tmp_path: Path, runn
         proc.wait(TIMEOUT)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_read_meta_keeps_every_byte_as_latin1(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cgikit import read_meta
+
+    monkeypatch.setitem(os.environb, b"CGIKIT_TEST_BYTES", b"\xff\xe9 ok")  # not UTF-8
+    assert read_meta()["CGIKIT_TEST_BYTES"] == "\xff\xe9 ok"
+    assert read_meta() == {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in os.environb.items()
+    }  # the fast read of environb's own dict is the mapping's items
+    monkeypatch.setattr(os, "environb", {b"ONLY": b"\xe9"})  # a mapping without _data
+    assert read_meta() == {"ONLY": "\xe9"}
