@@ -482,6 +482,16 @@ def claim_stdout() -> int:
     return out
 
 
+def yield_cpu() -> None:
+    """Let the server run first, once it has the response's end. Linux wakes a pipe's
+    reader as the writer is expected to sleep next, often on the writer's CPU; this
+    process goes on to its teardown instead, and the server waited for a CPU behind
+    it (measured in warm mode: about a third of requests took 1.5 ms longer)."""
+    sched_yield = getattr(os, "sched_yield", None)
+    if sched_yield is not None:
+        sched_yield()
+
+
 def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
     """Serve the CGI request this process was started for."""
     # httpoxy: a client's "Proxy:" header must not become this process's proxy either.
@@ -499,6 +509,7 @@ def serve_process(app: "WSGIApp", options: "Mapping[str, object]") -> None:
         if not ended:
             ended = True
             os.close(out)
+            yield_cpu()
 
     try:
         log = make_log(errors, script, stamped)

@@ -69,13 +69,15 @@ def become(
 
     Its descriptors are closed first: the exit's teardown of an address space mapped
     like the zygote's takes a millisecond or two, and the server ends the response at
-    the EOF. A learner then stops for the zygote to read its pages
+    the EOF. Then it yields the CPU: the server, woken by the EOF, often on this CPU,
+    would otherwise wait behind that teardown. A learner then stops for the zygote to read its pages
     (``Zygote.learn``): after the EOF, so that no client waits for that."""
     status = 127
     try:
         _enter(script, cwd, env, fds, command)
         status = _run(script.code, script.path)
         os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # and any copy of them (cgikit.run's)
+        os.sched_yield()  # the server, woken by the EOF, goes first (cgikit.yield_cpu)
         if learner:
             os.kill(os.getpid(), signal.SIGSTOP)
     except BaseException:

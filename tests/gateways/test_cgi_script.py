@@ -395,3 +395,25 @@ def test_read_meta_keeps_every_byte_as_latin1(monkeypatch: pytest.MonkeyPatch) -
     }  # the fast read of environb's own dict is the mapping's items
     monkeypatch.setattr(os, "environb", {b"ONLY": b"\xe9"})  # a mapping without _data
     assert read_meta() == {"ONLY": "\xe9"}
+
+
+YIELD_RECORDER = """
+import os, sys, cgikit
+calls = []
+real_close = os.close
+def close(fd):
+    calls.append("close")
+    real_close(fd)
+os.close = close
+os.sched_yield = lambda: calls.append("yield")
+cgikit.run(app)
+sys.stderr.write(" ".join(calls))
+"""
+
+
+def test_the_cpu_is_yielded_once_the_response_is_whole(tmp_path: Path) -> None:
+    # The server, woken by the EOF (on this CPU, as Linux places a pipe's reader),
+    # must not wait behind the script's teardown.
+    proc = run_cgi(script_for(tmp_path, "hello", runner=YIELD_RECORDER), env(), b"")
+    assert proc.stdout == HELLO
+    assert proc.stderr.decode().split() == ["close", "yield"]
