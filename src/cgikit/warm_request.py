@@ -3,8 +3,8 @@
 A framework does work on its first request in a process and keeps it for the next:
 Flask builds its URL matcher, ``abc`` and ``typing`` fill their caches, a template is
 compiled. In warm mode every request is a new process, forked from a zygote that has
-never answered one, so every request paid for a first request (about 0.2 ms of a
-Flask hello's 1.5 ms in a child, measured in bench/RESULTS.md). An app module that the
+never answered one, so every request paid for a first request (0.1-0.2 ms of a
+Flask hello's 1.3 ms in a child, measured in bench/RESULTS.md). An app module that the
 zygote preloads calls ``cgikit.warm_up(app)`` once the app is built: in the zygote, one
 GET goes through the app and through the same code a CGI child runs (``cgikit.serve``),
 and its response is thrown away; every child is forked with that work done.
