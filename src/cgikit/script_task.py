@@ -50,7 +50,7 @@ READ_SIZE: Final = 65536
 EXIT_WATCH_DELAY: Final = 0.05  # seconds after the start when the exit is watched
 POLL_INTERVAL: Final = 0.05  # exit polling where there is no pidfd (not Linux)
 EXIT_WAIT: Final = 0.005  # a script whose stdout is at EOF gets this long to be reaped
-_STDERR_DRAIN: Final = 64  # reads of a dead group's stderr pipe, at most
+_STDERR_DRAIN: Final = 64  # reads of a stderr pipe in one go, at most
 
 
 class ScriptOwner(Protocol):
@@ -208,6 +208,7 @@ class ScriptTask:
                 self._loop.remove(stdout)
                 os.close(stdout)
                 self._stdout = None
+                self._drain_stderr()
             try:
                 self._parser.receive_data(data)
             except ScriptOutputError as exc:
@@ -238,20 +239,34 @@ class ScriptTask:
                 self.owner.script_body(event.data)
 
     def _on_stderr(self, mask: int) -> None:
+        self._read_stderr()
+
+    def _read_stderr(self) -> bool:
+        """One read of the script's stderr into the log; whether it had data."""
         stderr = self._stderr
         if stderr is None:
-            return
+            return False
         try:
             data = os.read(stderr, READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         if data:
             self._stderr_log.feed(data)
-            return
+            return True
         self._loop.remove(stderr)
         os.close(stderr)
         self._stderr = None
         self._stderr_log.flush()
+        return False
+
+    def _drain_stderr(self) -> None:
+        """At the output's end: what the script wrote to stderr by then is logged before
+        the host's verdict on that output (a traceback, then "no output"), as it is when
+        the script's exit comes later than its stderr. A warm child closes both at once,
+        so both are often ready in the same round. Bounded: a script may still write."""
+        for _ in range(_STDERR_DRAIN):
+            if not self._read_stderr():
+                return
 
     def _on_exit(self, mask: int = READ) -> None:
         """The script exited: reap it; what it left in its group is killed."""

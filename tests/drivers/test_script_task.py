@@ -25,7 +25,7 @@ import pytest
 
 from cgikit import posix_spawn
 from cgikit.cgi_output import Head, ScriptOutput
-from cgikit.event_loop import Loop
+from cgikit.event_loop import READ, Loop
 from cgikit.prefork import become_subreaper
 from cgikit.script_task import ScriptTask
 from drivers.proc_checks import children, open_fds, reapers, settle, write_script
@@ -491,6 +491,31 @@ def test_crash_without_output_logs_as_the_threaded_runner(loop: Loop, tmp_path: 
         "crash.cgi: malformed CGI output: no output",
         "crash.cgi: exited with status 1",
     ]
+
+
+def test_stderr_written_before_the_output_ended_is_logged_before_the_verdict(
+    loop: Loop, tmp_path: Path
+) -> None:
+    # A warm child closes stdout and stderr at once: both are ready in the same round.
+    # Its traceback must still come before "no output", as a cold script's does.
+    flag = tmp_path / "closed"
+    path = write_script(
+        tmp_path, "crash.cgi", 'echo "boom before" >&2\nexec 1>&- 2>&-\ntouch "$FLAG"\nsleep 0.2\n'
+    )
+    run = Run(loop, path, env=base_env(FLAG=str(flag).encode()))
+    deadline = time.monotonic() + 10
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop does not run: both pipes are ready when it looks
+    # As a warm worker that registers the pipes after a quick child is done: watched
+    # again now, stdout is the first ready (epoll lists what is ready at the add).
+    task = run.task
+    for fd, callback in ((task._stdout, task._on_stdout), (task._stderr, task._on_stderr)):
+        assert fd is not None
+        loop.remove(fd)
+        loop.add(fd, READ, callback)
+    run.until_end()
+    assert run.owner.events == [("end", (502, "no output"))]
+    assert run.logs[:2] == ["crash.cgi: boom before", "crash.cgi: malformed CGI output: no output"]
 
 
 @pytest.mark.parametrize("limit", [65536, 1000])
