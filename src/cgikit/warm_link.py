@@ -249,7 +249,9 @@ class Zygote:
             raise ConnectionError("it exited")
         kind, _, text = message.partition(b"\0")
         if kind == b"spare" and fd is not None:
-            self.spares.append((int(text), socket.socket(fileno=fd)))
+            # Its kind given: socket() would otherwise ask the kernel (three calls).
+            spare = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
+            self.spares.append((int(text), spare))
             return
         if fd is not None:
             os.close(fd)  # carried by no other message
