@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import select
 import socket
-from typing import TYPE_CHECKING
+
+# No ``typing`` and no ``re``: every page a zygote's imports fill is a page each fork
+# copies the entry of and each child's exit tears down (they were 2.6 of its 6.7 MiB).
+TYPE_CHECKING = False
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_PAGES = 8192  # a spare copies at most this many pages ahead (32 MiB of 4 KiB pages)
@@ -43,7 +45,6 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14
 # pagemap entries are 64-bit little-endian: bit 63 "present", bit 56 "exclusively
 # mapped" (Documentation/admin-guide/mm/pagemap.rst) are both in the top byte.
 _OWN = bytes(int(byte & 0x81 == 0x81) for byte in range(256))
-_RUN = re.compile(rb"\x01+")
 
 if TYPE_CHECKING:  # types only: the zygote may run on an interpreter older than ours
     from collections.abc import Callable
@@ -66,13 +67,24 @@ def learn(pid: int) -> Ranges:
         for start, end in regions:
             first = start // PAGE
             entries = os.pread(fd, 8 * ((end - start) // PAGE), 8 * first)
-            top = entries[7::8].translate(_OWN)
-            runs += ((PAGE * (first + m.start()), m.end() - m.start()) for m in _RUN.finditer(top))
+            runs += _runs(entries[7::8].translate(_OWN), first)
     except OSError:
         return []
     finally:
         os.close(fd)
     return _cap(_joined(runs))
+
+
+def _runs(own: bytes, first: int) -> Ranges:
+    """The runs of 1s in ``own`` (one byte a page, from page number ``first``)."""
+    runs: Ranges = []
+    start = own.find(1)
+    while start >= 0:
+        end = own.find(0, start)
+        end = len(own) if end < 0 else end
+        runs.append((PAGE * (first + start), end - start))
+        start = own.find(1, end)
+    return runs
 
 
 def _joined(runs: Ranges) -> Ranges:
