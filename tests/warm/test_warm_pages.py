@@ -6,11 +6,14 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
 import resource
 import signal
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cgikit import warm_pages
 
@@ -159,3 +162,13 @@ def test_runs_close_together_are_joined() -> None:
     runs = [(0, 2), (page * (2 + gap - 1), 1), (page * 100, 1), (page * 101, 3)]
     assert warm_pages._joined(runs) == [(0, 2 + gap - 1 + 1), (page * 100, 4)]
     assert warm_pages._joined([]) == []
+
+
+@given(st.lists(st.sampled_from([0, 1]), max_size=200), st.integers(0, 1 << 20))
+def test_runs_are_every_stretch_of_own_pages(flags: list[int], first: int) -> None:
+    own = bytes(flags)
+    expected = [
+        (warm_pages.PAGE * (first + m.start()), m.end() - m.start())
+        for m in re.finditer(rb"\x01+", own)
+    ]
+    assert warm_pages._runs(own, first) == expected
