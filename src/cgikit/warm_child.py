@@ -17,7 +17,6 @@ import builtins
 import ctypes
 import itertools
 import os
-import signal
 import sys
 import types
 from importlib.machinery import SourceFileLoader
@@ -79,7 +78,7 @@ def become(
         os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # and any copy of them (cgikit.run's)
         os.sched_yield()  # the server, woken by the EOF, goes first (cgikit.yield_cpu)
         if learner:
-            os.kill(os.getpid(), signal.SIGSTOP)
+            os.kill(os.getpid(), _signal.SIGSTOP)
     except BaseException:
         try:
             import traceback

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import os
 import select
-import socket
 
 # No ``typing`` and no ``re``: every page a zygote's imports fill is a page each fork
 # copies the entry of and each child's exit tears down (they were 2.6 of its 6.7 MiB).
@@ -47,6 +46,7 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14
 _OWN = bytes(int(byte & 0x81 == 0x81) for byte in range(256))
 
 if TYPE_CHECKING:  # types only: the zygote may run on an interpreter older than ours
+    import _socket as socket
     from collections.abc import Callable
 
     Ranges = list[tuple[int, int]]  # (address, pages)

@@ -45,15 +45,16 @@ Messages (NUL-separated fields; stdlib only, no cgikit import: any Python 3 runs
 
 from __future__ import annotations
 
-# Signal calls below go to the C module: ``signal``'s wrappers build enums, and every
-# line of Python a child runs before the script copies pages it shares with the zygote.
+# The C modules _signal and _socket, not signal and socket: those build enums on each
+# call, and importing them (enum, selectors) filled 1.3 MiB of the zygote, which every
+# fork copies the page entries of and every child's exit tears down.
+import _signal as signal  # type: ignore[import-not-found]
+import _socket as socket
 import array
 import codecs
 import gc
 import os
 import select
-import signal
-import socket
 import sys
 import time
 import types
