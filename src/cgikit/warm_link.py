@@ -31,7 +31,7 @@ __all__ = ["REPLY_TIMEOUT", "WarmChild", "Zygote", "ZygoteKey"]
 # Three files: warm_pages.py and warm_child.py run first, each as a module object the
 # zygote finds in its globals (no import: scripts' interpreters need not have cgikit),
 # then warm_zygote.py.
-_HELPERS: Final = ("warm_pages", "warm_child")
+_HELPERS: Final = ("warm_pages", "warm_child", "warm_preload")
 ZYGOTE_SOURCE: Final = b"\0".join(
     (Path(__file__).parent / f"{name}.py").read_bytes() for name in (*_HELPERS, "warm_zygote")
 )

@@ -51,7 +51,6 @@ from __future__ import annotations
 import _signal as signal  # type: ignore[import-not-found]
 import _socket as socket
 import array
-import codecs
 import gc
 import os
 import select
@@ -60,7 +59,7 @@ import time
 import types
 
 if "warm_pages" not in globals():  # imported, not run by warm_spawn's loader (which
-    from cgikit import warm_child, warm_pages  # runs these first, leaving them here)
+    from cgikit import warm_child, warm_pages, warm_preload  # runs these first)
 
 MAX_MESSAGE = 1 << 20
 SPARES = 6  # children forked ahead of requests, at most
@@ -69,7 +68,6 @@ LEARN_EVERY = 64  # requests between two children asked to show their pages (war
 # Spares copy the learned pages ahead only while requests come less often than this (a
 # moving average of the time between two), and one at a time (``Zygote.quiet``).
 PREFAULT_INTERVAL = 0.010  # s
-ZYGOTE_VARIABLE = "CGIKIT_ZYGOTE"  # read by cgikit.warm_up (not imported: stdlib only here)
 
 
 def main() -> None:
@@ -77,7 +75,7 @@ def main() -> None:
     orig = getattr(sys, "orig_argv", [sys.executable, "-c"])
     command = orig[: len(orig) - 1 - orig[::-1].index("-c")]  # the interpreter, its flags
     sock = socket.socket(fileno=int(sys.argv[1]))
-    failure = _preload(sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])
+    failure = warm_preload.preload(sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])
     sock.send(b"fail\0" + _text(failure) if failure else b"ready")
     if failure:
         _drain_until_closed(sock)  # runs nothing; exits when the worker lets it go
@@ -111,54 +109,6 @@ def main() -> None:
     finally:
         zygote.release_spares()
         zygote.learn()  # a child that stopped for it goes on, and exits
-
-
-def _preload(host: list[str], mine: list[str], directory: str) -> str:
-    """Import the host's preloads, then the scripts' with their directory leading
-    ``sys.path``; what went wrong, or ""."""
-    os.environ[ZYGOTE_VARIABLE] = "1"  # for cgikit.warm_up, which acts only here
-    try:
-        for name in filter(None, host):
-            _import(name)
-        sys.path.insert(0, directory)
-        try:
-            for name in filter(None, mine):
-                _import(name)
-        finally:
-            sys.path.remove(directory)
-    except Exception as exc:  # an import error, or a preload that started a thread
-        return str(exc)
-    finally:
-        del os.environ[ZYGOTE_VARIABLE]
-    return ""
-
-
-def _import(name: str, seen: set[str] | None = None) -> None:
-    """Import ``name``, then what it lists in ``__cgikit_preload__``: the modules it
-    imports only when used, which every child would otherwise import again."""
-    seen = set() if seen is None else seen
-    if name in seen:
-        return
-    seen.add(name)
-    try:
-        __import__(name)
-    except BaseException as exc:  # SystemExit and all: a preload must not end the zygote
-        raise ImportError(f"preload {name} failed: {type(exc).__name__}: {exc}") from None
-    if len(os.listdir("/proc/self/task")) > 1:
-        # A fork copies only the forking thread: a lock another thread held would stay
-        # locked for ever in every child. Such a zygote must not fork at all.
-        raise ImportError(f"preload {name} started a thread (forking would be unsafe)")
-    if name.startswith("encodings."):
-        # A codec module is found through the codec registry's search, once a process:
-        # looked up here, the children find it in the registry's cache.
-        try:
-            codecs.lookup(name.partition(".")[2])
-        except LookupError:
-            pass  # a helper module of the package, not a codec
-    lazy = getattr(sys.modules[name], "__cgikit_preload__", ())
-    for each in lazy if isinstance(lazy, (list, tuple)) else ():
-        if isinstance(each, str):
-            _import(each, seen)
 
 
 def _drain_until_closed(sock: socket.socket) -> None:
