@@ -69,8 +69,8 @@ def become(
     Its descriptors are closed first: the exit's teardown of an address space mapped
     like the zygote's takes a millisecond or two, and the server ends the response at
     the EOF. Then it yields the CPU: the server, woken by the EOF, often on this CPU,
-    would otherwise wait behind that teardown. A learner then stops for the zygote to read its pages
-    (``Zygote.learn``): after the EOF, so that no client waits for that."""
+    would otherwise wait behind that teardown. A learner then stops for the zygote to
+    read its pages (``Zygote.learn``): after the EOF, so that no client waits for that."""
     status = 127
     try:
         _enter(script, cwd, env, fds, command)
