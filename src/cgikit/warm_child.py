@@ -136,6 +136,8 @@ def _set_environ(env: list[bytes]) -> None:
         for name, value in data.items():
             os.putenv(name, value)
         return
+    # The layout of posix_spawn._environment_block (execve's envp), made with array
+    # here: this file runs where cgikit may not be importable.
     strings = array.array("B", b"\0".join(env) + b"\0")
     lengths = [len(entry) + 1 for entry in env]
     pointers = array.array(_POINTER, itertools.accumulate(lengths, initial=_address(strings)))

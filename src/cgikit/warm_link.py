@@ -28,9 +28,8 @@ __all__ = ["REPLY_TIMEOUT", "WarmChild", "Zygote", "ZygoteKey"]
 # reads it before it gives root up, and the user it then runs scripts as may not be
 # able to read the file (a checkout in a private directory). The command line stays
 # short: a loader that reads the pipe, named so that ps shows what the process is.
-# Three files: warm_pages.py and warm_child.py run first, each as a module object the
-# zygote finds in its globals (no import: scripts' interpreters need not have cgikit),
-# then warm_zygote.py.
+# Four files: the _HELPERS run first, each as a module object the zygote finds in its
+# globals (no import: scripts' interpreters need not have cgikit), then warm_zygote.py.
 _HELPERS: Final = ("warm_pages", "warm_child", "warm_preload")
 ZYGOTE_SOURCE: Final = b"\0".join(
     (Path(__file__).parent / f"{name}.py").read_bytes() for name in (*_HELPERS, "warm_zygote")
