@@ -3,6 +3,7 @@ response warm as cold, runs isolated, and a fault costs only its own request."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -569,8 +570,6 @@ def _warm_up_host(root: Path, warm_path: str) -> CGIHost:
 
 
 def test_warm_up_makes_one_request_in_the_zygote_and_children_inherit_it(tmp_path: Path) -> None:
-    import json
-
     root = tmp_path / "cgi"
     root.mkdir()
     host = _warm_up_host(root, "/ping?x=1")
@@ -601,8 +600,6 @@ def test_warm_up_makes_one_request_in_the_zygote_and_children_inherit_it(tmp_pat
 def test_a_failing_warm_up_is_logged_and_the_zygote_serves_on(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], warm_path: str, logged: str
 ) -> None:
-    import json
-
     root = tmp_path / "cgi"
     root.mkdir()
     host = _warm_up_host(root, warm_path)
