@@ -257,13 +257,14 @@ IISCGIHandler = CGIHandler
 
 
 def warm_up(app: "WSGIApp", path: str = "/", *, script_name: str = "") -> bool:
-    """Warm mode: one GET of ``path`` through ``app`` in the zygote, at import of the
-    app module it preloads, so that every child is forked with the framework's
-    first-request work done (routing built, caches filled). Anywhere else: nothing.
+    """Warm mode: GETs of ``path`` through ``app`` in the zygote (16, so that its code is
+    specialized too), at import of the app module it preloads, so that every child is
+    forked with the framework's first-request work done (routing built, caches filled).
+    Anywhere else: nothing.
 
-    Returns whether a request was made and answered below 400 (a failure is logged on
-    stderr, never raised). Its side effects are every child's: choose a harmless path
-    (cgikit.warm_request, docs/warm.md).
+    Returns whether the requests were made and answered below 400 (a failure is logged
+    on stderr, never raised). Their side effects are every child's: choose a harmless
+    path (cgikit.warm_request, docs/warm.md).
     """
     if os.environ.get("CGIKIT_ZYGOTE") != "1":  # set by warm_zygote for its preloads
         return False
