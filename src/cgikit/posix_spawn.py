@@ -11,8 +11,12 @@ through ctypes, with everything in one call that glibc runs in a vfork'd child:
   may hold without close-on-exec);
 - the script's directory as working directory (``addchdir_np``, glibc 2.29);
 - a new session, so the script leads its own process group (research §3 row 10);
-- SIGPIPE and SIGXFSZ back to their defaults (Python ignores them; Popen's
-  ``restore_signals``), an empty signal mask.
+- every signal back to its default, an empty signal mask: a script starts as a fresh
+  process would, not with what the server ignores (SIGPIPE and SIGXFSZ, which Python
+  ignores; SIGHUP, which a worker leaves to the master; SIGINT and SIGQUIT for a server
+  started in the background by a shell). Popen's ``restore_signals`` resets only the
+  first two. One ``sigaction`` per signal in the vfork'd child: given none, glibc asks
+  each disposition before it resets a handler, twice the calls.
 
 ``available()`` says whether this libc has all of it (glibc >= 2.34); otherwise
 ``process_group.spawn`` (Popen) is used. Errors (no such file, not executable, a bad
@@ -39,6 +43,7 @@ _STRUCT_SIZE: Final = 1024  # room for glibc's posix_spawn_file_actions_t / attr
 _POINTER: Final = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "I"  # array typecode
 _SETSIGDEF: Final = 0x04  # POSIX_SPAWN_SETSIGDEF
 _SETSIGMASK: Final = 0x08  # POSIX_SPAWN_SETSIGMASK
+_UNCATCHABLE: Final = frozenset({signal.SIGKILL, signal.SIGSTOP})  # no disposition to set
 _SETSID: Final = 0x80  # POSIX_SPAWN_SETSID (glibc 2.26)
 _NEEDED: Final = (
     "posix_spawn",
@@ -95,9 +100,9 @@ class _Libc:
         empty = ctypes.create_string_buffer(_STRUCT_SIZE)
         libc.sigemptyset(defaults)
         libc.sigemptyset(empty)
-        for signum in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None)):
-            if signum is not None:
-                libc.sigaddset(defaults, int(signum))
+        for signum in range(1, signal.NSIG):
+            if signum not in _UNCATCHABLE:
+                libc.sigaddset(defaults, signum)  # refuses libc's own (EINVAL): kept
         _check(libc.posix_spawnattr_init(self.attr))
         _check(libc.posix_spawnattr_setflags(self.attr, _SETSID | _SETSIGDEF | _SETSIGMASK))
         _check(libc.posix_spawnattr_setsigdefault(self.attr, defaults))

@@ -68,6 +68,7 @@ LEARN_EVERY = 64  # requests between two children asked to show their pages (war
 # Spares copy the learned pages ahead only while requests come less often than this (a
 # moving average of the time between two), and one at a time (``Zygote.quiet``).
 PREFAULT_INTERVAL = 0.010  # s
+_PYTHONS_IGNORED = {signal.SIGPIPE, getattr(signal, "SIGXFSZ", 0), getattr(signal, "SIGXFZ", 0)}
 
 
 def main() -> None:
@@ -75,6 +76,7 @@ def main() -> None:
     orig = getattr(sys, "orig_argv", [sys.executable, "-c"])
     command = orig[: len(orig) - 1 - orig[::-1].index("-c")]  # the interpreter, its flags
     sock = socket.socket(fileno=int(sys.argv[1]))
+    _default_signals()
     failure = warm_preload.preload(sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4])
     sock.send(b"fail\0" + _text(failure) if failure else b"ready")
     if failure:
@@ -109,6 +111,22 @@ def main() -> None:
     finally:
         zygote.release_spares()
         zygote.learn()  # a child that stopped for it goes on, and exits
+
+
+def _default_signals() -> None:
+    """The signals as a fresh interpreter started by ``posix_spawn`` would have them,
+    before the preloads run (they may set their own): what the server ignores (SIGHUP
+    in a worker, SIGINT and SIGQUIT if a shell started it in the background) reaches
+    neither the zygote nor the scripts, as it reaches no cold script. SIGPIPE and
+    SIGXFSZ stay ignored (Python's own), SIGINT gets Python's handler."""
+    for signum in range(1, signal.NSIG):
+        if signum in _PYTHONS_IGNORED or signal.getsignal(signum) != signal.SIG_IGN:
+            continue
+        handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(signum, handler)
+        except (OSError, ValueError):  # not settable (libc's own)
+            pass
 
 
 def _drain_until_closed(sock: socket.socket) -> None:

@@ -41,6 +41,19 @@ SCRIPTS = {
             "package": __package__, "spec": repr(__spec__),
         }, sort_keys=True))
         """,
+    # Signals as a fresh interpreter has them, whatever the server ignores (SIGHUP in a
+    # worker): the kernel's masks of the standard signals (a glibc posix_spawn ignores
+    # glibc's own 32 and 33 in its child), and Python's view of a few.
+    "signals.py": """\
+        import json, signal
+        with open("/proc/self/status") as f:
+            masks = {line[:6]: int(line[7:], 16) & (1 << 31) - 1 for line in f
+                     if line.startswith(("SigIgn", "SigBlk", "SigCgt"))}
+        names = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGPIPE", "SIGXFSZ", "SIGCHLD"]
+        print("Content-Type: application/json\\n")
+        print(json.dumps({"masks": masks,
+                          "python": {n: str(signal.getsignal(getattr(signal, n))) for n in names}}))
+        """,
     "status.py": 'print("Status: 404 Not Here\\nContent-Type: text/plain\\n\\nmissing")',
     "redirect.py": 'print("Location: http://example.com/elsewhere\\n")',
     "raises_before.py": """\
@@ -129,6 +142,31 @@ def test_same_response_warm_and_cold(hosts: tuple[CGIHost, CGIHost], name: str) 
     assert warm.body == cold.body
     # The log too: the same traceback, stderr lines and exit status, line for line.
     assert warm.log == cold.log
+
+
+def test_what_the_server_ignores_no_script_inherits(cgi: Path) -> None:
+    """A worker ignores SIGHUP (its master's business); a server started in the
+    background by a shell ignores SIGINT and SIGQUIT. Cold (posix_spawn) and warm (the
+    zygote, started while they are ignored) alike, the script has them at their
+    defaults, as a fresh interpreter would: SIGINT with Python's handler."""
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+    try:
+        cold, warm = CGIHost(cgi, **FAST), CGIHost(cgi, warm=True, **FAST)
+        spawner = warm.warm_spawner()
+        assert spawner is not None
+        assert spawner.prepare([str(cgi / "signals.py")], print)  # its zygote: now
+        answers = [json.loads(call(host, "/signals.py").body) for host in (cold, warm)]
+        assert spawner.forks == 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        warm_spawn.close_all()
+    assert answers[0] == answers[1]
+    python = answers[1]["python"]
+    assert (python["SIGHUP"], python["SIGQUIT"]) == ("0", "0")  # SIG_DFL
+    assert python["SIGINT"] == str(signal.default_int_handler)
+    assert answers[1]["masks"]["SigIgn"] == 1 << signal.SIGPIPE - 1 | 1 << signal.SIGXFSZ - 1
 
 
 def test_the_environment_is_exactly_the_requests(
