@@ -410,7 +410,7 @@ def method(args: argparse.Namespace, elapsed: float) -> str:
         f" thin one its app module instead of flask). The scripts' #! interpreter,"
         f" and the servers', is {python}; the Flask script is asked for as"
         f" /cgi-bin/hello-flask/ (PATH_INFO /, the app's route) and ends in"
-        f" `cgikit.run(app)`; the app's code ends in `cgikit.warm_up(app)` (one GET in"
+        f" `cgikit.run(app)`; the app's code ends in `cgikit.warm_up(app)` (its GETs in"
         f" the thin script's zygote, a no-op elsewhere). FastCGI: nginx (worker_processes"
         f" auto, access_log off, upstream keepalive 4, fastcgi_keep_conn off) to"
         f" `cgikit run --fastcgi --workers {WORKERS} --threads 1 flask_hello:app`, the same"
