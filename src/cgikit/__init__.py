@@ -257,10 +257,10 @@ IISCGIHandler = CGIHandler
 
 
 def warm_up(app: "WSGIApp", path: str = "/", *, script_name: str = "") -> bool:
-    """Warm mode: GETs of ``path`` through ``app`` in the zygote (16, so that its code is
-    specialized too), at import of the app module it preloads, so that every child is
-    forked with the framework's first-request work done (routing built, caches filled).
-    Anywhere else: nothing.
+    """Warm mode: GETs of ``path`` through ``app`` in the zygote (``warm_request.REQUESTS``,
+    16, so that its code is specialized too), at import of the app module it preloads,
+    so that every child is forked with the framework's first-request work done (routing
+    built, caches filled). Anywhere else: nothing.
 
     Returns whether the requests were made and answered below 400 (a failure is logged
     on stderr, never raised). Their side effects are every child's: choose a harmless

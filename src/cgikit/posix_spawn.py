@@ -102,7 +102,8 @@ class _Libc:
         libc.sigemptyset(empty)
         for signum in range(1, signal.NSIG):
             if signum not in _UNCATCHABLE:
-                libc.sigaddset(defaults, signum)  # refuses libc's own (EINVAL): kept
+                libc.sigaddset(defaults, signum)  # EINVAL for libc's own 32 and 33,
+                # which glibc sets to SIG_IGN in the child whatever the set says
         _check(libc.posix_spawnattr_init(self.attr))
         _check(libc.posix_spawnattr_setflags(self.attr, _SETSID | _SETSIGDEF | _SETSIGMASK))
         _check(libc.posix_spawnattr_setsigdefault(self.attr, defaults))

@@ -3,8 +3,8 @@
 Stdlib only, like ``warm_zygote``, whose loader runs this file beside it. A preload that
 fails, starts a thread or ends the process makes ``preload`` say why: that zygote then
 forks nothing, and its scripts run cold. While the preloads are imported,
-``CGIKIT_ZYGOTE=1`` is in the environment: ``cgikit.warm_up`` answers one request
-there, and nowhere else.
+``CGIKIT_ZYGOTE=1`` is in the environment: ``cgikit.warm_up`` makes its requests there,
+and nowhere else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What ``cgikit.warm_up(app)`` does in warm mode's zygote: one request through the app.
+"""What ``cgikit.warm_up(app)`` does in warm mode's zygote: GETs through the app.
 
 A framework does work on its first request in a process and keeps it for the next:
 Flask builds its URL matcher, ``abc`` and ``typing`` fill their caches, a template is
@@ -78,12 +78,15 @@ def warm_request(app: WSGIApp, path: str, script_name: str) -> bool:
 
 
 def _get(
-    app: WSGIApp, meta: dict[str, str], options: Mapping[str, object], log: Callable[[str], None]
+    app: WSGIApp,
+    meta: Mapping[str, str],
+    options: Mapping[str, object],
+    log: Callable[[str], None],
 ) -> bool:
     """One GET; whether it was answered below 400 (else logged)."""
     with tempfile.TemporaryFile() as out:  # a file: a large answer cannot block
         try:
-            serve(app, dict(meta), sys.stderr, log, options, read=lambda _n: b"", out=out.fileno())
+            serve(app, meta, sys.stderr, log, options, read=lambda _n: b"", out=out.fileno())
         except Exception as exc:  # serve answers the app's errors itself: this is ours
             log(f"failed: {type(exc).__name__}: {exc}")
             return False

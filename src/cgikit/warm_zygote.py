@@ -5,7 +5,7 @@ server's allow-listed environment, one per interpreter command and set of script
 preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
 (so a thin script's app module beside it is built once, here; ``CGIKIT_ZYGOTE=1`` is
-in its environment meanwhile, for ``cgikit.warm_up``'s one request), tells its worker
+in its environment meanwhile, for ``cgikit.warm_up``'s requests), tells its worker
 ``ready`` over the SOCK_SEQPACKET socket FD, and forks "spares" ahead of requests,
 announced to the worker by pid, each with a socket to it. The worker sends each
 request straight to the next spare, which runs the
@@ -68,7 +68,10 @@ LEARN_EVERY = 64  # requests between two children asked to show their pages (war
 # Spares copy the learned pages ahead only while requests come less often than this (a
 # moving average of the time between two), and one at a time (``Zygote.quiet``).
 PREFAULT_INTERVAL = 0.010  # s
-_PYTHONS_IGNORED = {signal.SIGPIPE, getattr(signal, "SIGXFSZ", 0), getattr(signal, "SIGXFZ", 0)}
+# What CPython ignores at its start (SIGXFZ where it exists): left ignored, as in a cold run.
+_PYTHONS_IGNORED = frozenset(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ") if hasattr(signal, name)
+)
 
 
 def main() -> None:
