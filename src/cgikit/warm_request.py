@@ -74,7 +74,8 @@ def warm_request(app: WSGIApp, path: str, script_name: str) -> bool:
         sys.stderr.write(f"{where}: {line}\n")
 
     options = resolve(RUN_OPTIONS, {}, {})  # the defaults: no CGIKIT_* of the zygote's
-    return all(_get(app, meta, options, log) for _ in range(REQUESTS))
+    with tempfile.TemporaryFile() as out:  # a file: a large answer cannot block
+        return all(_get(app, meta, options, log, out.fileno()) for _ in range(REQUESTS))
 
 
 def _get(
@@ -82,15 +83,18 @@ def _get(
     meta: Mapping[str, str],
     options: Mapping[str, object],
     log: Callable[[str], None],
+    out: int,
 ) -> bool:
-    """One GET; whether it was answered below 400 (else logged)."""
-    with tempfile.TemporaryFile() as out:  # a file: a large answer cannot block
-        try:
-            serve(app, meta, sys.stderr, log, options, read=lambda _n: b"", out=out.fileno())
-        except Exception as exc:  # serve answers the app's errors itself: this is ours
-            log(f"failed: {type(exc).__name__}: {exc}")
-            return False
-        head = os.pread(out.fileno(), _HEAD, 0)
+    """One GET into the file ``out`` (emptied first); whether it was answered below
+    400 (else logged)."""
+    os.ftruncate(out, 0)
+    os.lseek(out, 0, os.SEEK_SET)
+    try:
+        serve(app, meta, sys.stderr, log, options, read=lambda _n: b"", out=out)
+    except Exception as exc:  # serve answers the app's errors itself: this is ours
+        log(f"failed: {type(exc).__name__}: {exc}")
+        return False
+    head = os.pread(out, _HEAD, 0)
     status = head.partition(b"\r\n")[0].removeprefix(b"Status: ").decode("latin-1")
     if not (status[:3].isdigit() and int(status[:3]) < 400):
         log(f"answered {status or 'nothing'}")
