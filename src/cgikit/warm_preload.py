@@ -5,6 +5,12 @@ fails, starts a thread or ends the process makes ``preload`` say why: that zygot
 forks nothing, and its scripts run cold. While the preloads are imported,
 ``CGIKIT_ZYGOTE=1`` is in the environment: ``cgikit.warm_up`` makes its requests there,
 and nowhere else.
+
+A framework preloaded by name (``FRAMEWORKS``) is then warmed by cgikit's module for it
+(``cgikit.warm_flask``): throwaway apps built and answered, so that a script that builds
+its own app on every request finds that code specialized and those caches filled. A
+warm-up module that cannot be imported (no cgikit for this interpreter) is logged and
+skipped: the zygote serves without it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import os
 import sys
 
 ZYGOTE_VARIABLE = "CGIKIT_ZYGOTE"  # read by cgikit.warm_up (not imported: stdlib only)
+# A preload's name -> the cgikit module that warms that framework when imported here.
+FRAMEWORKS = {"flask": "cgikit.warm_flask"}
 
 
 def preload(host: list[str], mine: list[str], directory: str) -> str:
@@ -29,11 +37,27 @@ def preload(host: list[str], mine: list[str], directory: str) -> str:
                 import_preload(name)
         finally:
             sys.path.remove(directory)
+        for name in sorted({*host, *mine} & FRAMEWORKS.keys()):
+            warm_framework(FRAMEWORKS[name])
     except Exception as exc:  # an import error, or a preload that started a thread
         return str(exc)
     finally:
         del os.environ[ZYGOTE_VARIABLE]
     return ""
+
+
+def warm_framework(module: str) -> None:
+    """Import ``module``, a framework's warm-up; one that cannot be is skipped, logged.
+
+    Raises:
+        ImportError: it started a thread (this zygote must not fork).
+    """
+    try:
+        import_preload(module)
+    except ImportError as exc:
+        if len(os.listdir("/proc/self/task")) > 1:
+            raise
+        sys.stderr.write(f"cgikit: warm-up skipped: {exc}\n")
 
 
 def import_preload(name: str, seen: set[str] | None = None) -> None:

@@ -48,8 +48,8 @@ REQUESTS: Final = 16  # GETs made (module docstring: the interpreter's specializ
 _HEAD = 256  # bytes of the response read back for its status line
 
 
-def warm_request(app: WSGIApp, path: str, script_name: str) -> bool:
-    """``REQUESTS`` GETs of ``path`` (with its ``?query``) through ``app`` mounted at
+def warm_request(app: WSGIApp, path: str, script_name: str, requests: int = REQUESTS) -> bool:
+    """``requests`` GETs of ``path`` (with its ``?query``) through ``app`` mounted at
     ``script_name``, their responses discarded; whether they were answered below 400.
     The first that is not ends the warm-up. Never raises for the app: what went wrong
     is logged on stderr.
@@ -75,7 +75,7 @@ def warm_request(app: WSGIApp, path: str, script_name: str) -> bool:
 
     options = resolve(RUN_OPTIONS, {}, {})  # the defaults: no CGIKIT_* of the zygote's
     with tempfile.TemporaryFile() as out:  # a file: a large answer cannot block
-        return all(_get(app, meta, options, log, out.fileno()) for _ in range(REQUESTS))
+        return all(_get(app, meta, options, log, out.fileno()) for _ in range(requests))
 
 
 def _get(

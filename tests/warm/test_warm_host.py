@@ -671,3 +671,94 @@ def test_warm_up_outside_a_zygote_imports_nothing() -> None:
     done = subprocess.run([PY, "-c", code], env=env, capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []  # a cold script pays nothing for the call
+
+
+# A script that builds its Flask app itself, and says (before it does) whether Flask's
+# and werkzeug's app-building code has run here already: specialized or quickened
+# instructions (PEP 659) are the zygote's warm-up (cgikit.warm_flask), inherited.
+FLASK_BUILT = """\
+# cgikit-preload: flask
+import dis, os, sys
+import flask
+from werkzeug.routing import Rule
+
+def ran(function):
+    return any(i.opname not in dis.opmap for i in dis.get_instructions(function, adaptive=True))
+
+before = {"flask": ran(flask.Flask.__init__), "rule": ran(Rule.__init__),
+          "context": flask.has_app_context(), "module": "cgikit.warm_flask" in sys.modules,
+          "forked": os.getppid() != int(os.environ["QUERY_STRING"])}
+app = flask.Flask(__name__)
+
+@app.route("/")
+def hello():
+    return flask.jsonify(before)
+
+import cgikit
+cgikit.run(app)
+"""
+
+
+def test_a_preloaded_flask_is_warmed_for_scripts_that_build_their_own_app(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cgi"
+    write_script(root, "built.py", PY, FLASK_BUILT)
+    env = [f"PYTHONPATH={SRC}"]
+    warm, cold = CGIHost(root, warm=True, env=env, **FAST), CGIHost(root, env=env, **FAST)
+    spawner = warm.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "built.py")], print)
+        query = {"QUERY_STRING": str(os.getpid())}
+        for _ in range(2):
+            got = json.loads(call(warm, "/built.py/", **query).body)
+            assert got == {"flask": True, "rule": True, "context": False, "module": True,
+                           "forked": True}  # fmt: skip
+        assert spawner.forks == 2
+        got = json.loads(call(cold, "/built.py/", **query).body)
+        assert got == {"flask": False, "rule": False, "context": False, "module": False,
+                       "forked": False}  # fmt: skip
+    finally:
+        warm_spawn.close_all()
+
+
+# Not Flask: a module of that name beside the script, preloaded in its place.
+FAKE_FLASK = """\
+class Flask:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("not this flask")
+
+def render_template_string(*args, **kwargs):
+    return ""
+"""
+WHO = "# cgikit-preload: flask\nimport os\nprint('Content-Type: text/plain\\n')\n"
+WHO += "print(os.getppid())"
+
+
+@pytest.mark.parametrize(
+    ("flags", "logged"),
+    [
+        ("", "cgikit: warm-up of flask failed: RuntimeError: not this flask"),
+        # -S: no site-packages, so no cgikit for this interpreter (nor Flask: the fake)
+        (" -S", "cgikit: warm-up skipped: preload cgikit.warm_flask failed: "
+                "ModuleNotFoundError: No module named 'cgikit'"),
+    ],
+)  # fmt: skip
+def test_a_framework_warm_up_that_fails_is_logged_once_and_the_zygote_forks_on(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], flags: str, logged: str
+) -> None:
+    root = tmp_path / "cgi"
+    write_script(root, "who.py", PY + flags, WHO)
+    (root / "flask.py").write_text(FAKE_FLASK)
+    host = CGIHost(root, warm=True, **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        assert spawner.prepare([str(root / "who.py")], print)
+        for _ in range(2):
+            assert int(call(host, "/who.py").body) != os.getpid()  # forked: warm
+        assert spawner.forks == 2
+    finally:
+        warm_spawn.close_all()
+    assert capfd.readouterr().err.count(logged) == 1
