@@ -6,9 +6,9 @@ code no zygote has run: CPython (3.11) specializes a function's bytecode only af
 has run a few times (PEP 659), and every child ran it generic, writing warm-up counters
 into the code objects' pages (copies of the zygote's), and filled Flask's and
 werkzeug's first-use caches again. Measured in a forked child, building a Flask hello
-app and answering its request: 3.9 ms and 1,080 page faults from a zygote that had only
-imported Flask; 2.85 ms and 790 from one that had built sixteen other apps and answered
-a GET through each (bench/RESULTS.md).
+app and answering its request: 3.9 ms and 1,080 page faults from a parent that had only
+imported Flask; 2.9 ms and 840 from one that had imported this module; 6.7 against 4.6
+ms for an app that renders a small template (bench/RESULTS.md).
 
 So when a zygote preloads ``flask`` (``--preload`` or a script's ``# cgikit-preload:``
 line), ``warm_preload`` imports this module after the preloads, and it builds
