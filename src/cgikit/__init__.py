@@ -266,7 +266,7 @@ def warm_up(app: "WSGIApp", path: str = "/", *, script_name: str = "") -> bool:
     on stderr, never raised). Their side effects are every child's: choose a harmless
     path (cgikit.warm_request, docs/warm.md).
     """
-    if os.environ.get("CGIKIT_ZYGOTE") != "1":  # set by warm_zygote for its preloads
+    if os.environ.get("CGIKIT_ZYGOTE") != "1":  # set by warm_preload in a zygote
         return False
     from cgikit.warm_request import warm_request
 

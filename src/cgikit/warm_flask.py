@@ -15,15 +15,17 @@ line), ``warm_preload`` imports this module after the preloads, and it builds
 ``warm_request.REQUESTS`` throwaway apps of its own, each with one route that renders a
 template string (Jinja's compiler is Flask's too), and makes one GET through each, as
 ``cgikit.warm_up`` does (through the code ``cgikit.run`` runs in a child). No code of
-the script's runs: the apps are this module's, and are dropped. Anywhere else than in a
-zygote importing it does nothing. A warm-up that fails is logged on stderr (the
-server's log) once and the zygote goes on without it.
+the script's runs: the apps are this module's, and are collected before the zygote
+forks (its first fork freezes whatever is left, for good). The warm-up runs only at
+import in a zygote (``CGIKIT_ZYGOTE=1``); imported elsewhere, the module only imports
+Flask. A warm-up that fails is logged on stderr (the server's log), ``cgikit: warm-up
+GET /cgikit-warm-flask/: ...``, once, and the zygote goes on without it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-import sys
 
 from flask import Flask, render_template_string
 
@@ -47,15 +49,11 @@ def throwaway_app() -> Flask:
 
 def warm_flask() -> bool:
     """``REQUESTS`` throwaway apps built, one GET each; whether all were answered."""
-    for _ in range(warm_request.REQUESTS):
-        try:
-            app = throwaway_app()
-        except Exception as exc:  # a Flask this module does not know: skip, say so
-            sys.stderr.write(f"cgikit: warm-up of flask failed: {type(exc).__name__}: {exc}\n")
-            return False
-        if not warm_request.warm_request(app, "/", "", requests=1):  # logged there
-            return False
-    return True
+    apps = (throwaway_app() for _ in range(warm_request.REQUESTS))
+    try:
+        return warm_request.warm_apps(apps, "/", script_name="/cgikit-warm-flask")
+    finally:
+        gc.collect()  # the apps: garbage now, and frozen for good at the first fork
 
 
 if os.environ.get("CGIKIT_ZYGOTE") == "1":  # warm_preload sets it while it imports us

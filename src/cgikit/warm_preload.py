@@ -2,15 +2,16 @@
 
 Stdlib only, like ``warm_zygote``, whose loader runs this file beside it. A preload that
 fails, starts a thread or ends the process makes ``preload`` say why: that zygote then
-forks nothing, and its scripts run cold. While the preloads are imported,
-``CGIKIT_ZYGOTE=1`` is in the environment: ``cgikit.warm_up`` makes its requests there,
-and nowhere else.
+forks nothing, and its scripts run cold. While the preloads are imported (and the
+framework warm-ups below), ``CGIKIT_ZYGOTE=1`` is in the environment: ``cgikit.warm_up``
+and ``cgikit.warm_flask`` make their requests there, and nowhere else.
 
 A framework preloaded by name (``FRAMEWORKS``) is then warmed by cgikit's module for it
 (``cgikit.warm_flask``): throwaway apps built and answered, so that a script that builds
 its own app on every request finds that code specialized and those caches filled. A
 warm-up module that cannot be imported (no cgikit for this interpreter) is logged and
-skipped: the zygote serves without it.
+skipped: the zygote serves without it. One that starts a thread fails the zygote, as a
+preload that does.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import codecs
 import os
 import sys
 
-ZYGOTE_VARIABLE = "CGIKIT_ZYGOTE"  # read by cgikit.warm_up (not imported: stdlib only)
+ZYGOTE_VARIABLE = "CGIKIT_ZYGOTE"  # read by cgikit.warm_up, cgikit.warm_flask
 # A preload's name -> the cgikit module that warms that framework when imported here.
 FRAMEWORKS = {"flask": "cgikit.warm_flask"}
 
 
 def preload(host: list[str], mine: list[str], directory: str) -> str:
     """Import the host's preloads, then the scripts' with their directory leading
-    ``sys.path``; what went wrong, or ""."""
-    os.environ[ZYGOTE_VARIABLE] = "1"  # for cgikit.warm_up, which acts only here
+    ``sys.path``, then the warm-ups of the frameworks among them; what went wrong,
+    or ""."""
+    os.environ[ZYGOTE_VARIABLE] = "1"  # for the warm-ups, which act only here
     try:
         for name in filter(None, host):
             import_preload(name)

@@ -5,7 +5,8 @@ server's allow-listed environment, one per interpreter command and set of script
 preloads. It imports the PRELOAD modules (the host's, comma-separated), then MINE (the
 scripts' own) with DIR, their directory, leading ``sys.path`` as it does when they run
 (so a thin script's app module beside it is built once, here; ``CGIKIT_ZYGOTE=1`` is
-in its environment meanwhile, for ``cgikit.warm_up``'s requests), tells its worker
+in its environment meanwhile, for ``cgikit.warm_up``'s requests; then the warm-ups of
+the frameworks it preloaded, ``warm_preload``), tells its worker
 ``ready`` over the SOCK_SEQPACKET socket FD, and forks "spares" ahead of requests,
 announced to the worker by pid, each with a socket to it. The worker sends each
 request straight to the next spare, which runs the

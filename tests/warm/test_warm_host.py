@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -699,6 +700,10 @@ cgikit.run(app)
 """
 
 
+@pytest.mark.skipif(
+    bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+    reason="a free-threaded CPython does not specialize bytecode",
+)
 def test_a_preloaded_flask_is_warmed_for_scripts_that_build_their_own_app(
     tmp_path: Path,
 ) -> None:
@@ -725,8 +730,12 @@ def test_a_preloaded_flask_is_warmed_for_scripts_that_build_their_own_app(
 
 # Not Flask: a module of that name beside the script, preloaded in its place.
 FAKE_FLASK = """\
+import threading, time
+
 class Flask:
     def __init__(self, *args, **kwargs):
+        if THREAD:
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
         raise RuntimeError("not this flask")
 
 def render_template_string(*args, **kwargs):
@@ -739,7 +748,8 @@ WHO += "print(os.getppid())"
 @pytest.mark.parametrize(
     ("flags", "logged"),
     [
-        ("", "cgikit: warm-up of flask failed: RuntimeError: not this flask"),
+        ("", "cgikit: warm-up GET /cgikit-warm-flask/: failed to build the app: "
+             "RuntimeError: not this flask"),
         # -S: no site-packages, so no cgikit for this interpreter (nor Flask: the fake)
         (" -S", "cgikit: warm-up skipped: preload cgikit.warm_flask failed: "
                 "ModuleNotFoundError: No module named 'cgikit'"),
@@ -750,8 +760,9 @@ def test_a_framework_warm_up_that_fails_is_logged_once_and_the_zygote_forks_on(
 ) -> None:
     root = tmp_path / "cgi"
     write_script(root, "who.py", PY + flags, WHO)
-    (root / "flask.py").write_text(FAKE_FLASK)
-    host = CGIHost(root, warm=True, **FAST)
+    (root / "flask.py").write_text("THREAD = False\n" + FAKE_FLASK)
+    env = [] if flags else [f"PYTHONPATH={SRC}"]  # -S keeps PYTHONPATH: none for it
+    host = CGIHost(root, warm=True, env=env, **FAST)
     spawner = host.warm_spawner()
     assert spawner is not None
     try:
@@ -762,3 +773,25 @@ def test_a_framework_warm_up_that_fails_is_logged_once_and_the_zygote_forks_on(
     finally:
         warm_spawn.close_all()
     assert capfd.readouterr().err.count(logged) == 1
+
+
+def test_a_framework_warm_up_that_starts_a_thread_makes_its_scripts_cold(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cgi"
+    write_script(root, "who.py", PY, WHO)
+    (root / "flask.py").write_text("THREAD = True\n" + FAKE_FLASK)
+    host = CGIHost(root, warm=True, env=[f"PYTHONPATH={SRC}"], **FAST)
+    spawner = host.warm_spawner()
+    assert spawner is not None
+    try:
+        said: list[str] = []
+        assert not spawner.prepare([str(root / "who.py")], said.append)
+        assert said == [
+            f"warm mode: {PY} (preload flask): preload cgikit.warm_flask started a thread"
+            " (forking would be unsafe); its scripts run cold"
+        ]
+        assert int(call(host, "/who.py").body) == os.getpid()  # cold: nothing forked
+        assert spawner.forks == 0
+    finally:
+        warm_spawn.close_all()
