@@ -48,17 +48,21 @@ def preload(host: list[str], mine: list[str], directory: str) -> str:
     return ""
 
 
+class ThreadStarted(ImportError):
+    """A preload (or a warm-up) left a thread running: unlike a failed import, fatal."""
+
+
 def warm_framework(module: str) -> None:
     """Import ``module``, a framework's warm-up; one that cannot be is skipped, logged.
 
     Raises:
-        ImportError: it started a thread (this zygote must not fork).
+        ThreadStarted: it started a thread (this zygote must not fork).
     """
     try:
         import_preload(module)
+    except ThreadStarted:
+        raise
     except ImportError as exc:
-        if len(os.listdir("/proc/self/task")) > 1:
-            raise
         sys.stderr.write(f"cgikit: warm-up skipped: {exc}\n")
 
 
@@ -72,11 +76,16 @@ def import_preload(name: str, seen: set[str] | None = None) -> None:
     try:
         __import__(name)
     except BaseException as exc:  # SystemExit and all: a preload must not end the zygote
-        raise ImportError(f"preload {name} failed: {type(exc).__name__}: {exc}") from None
+        failed = f"preload {name} failed: {type(exc).__name__}: {exc}"
+    else:
+        failed = ""
     if len(os.listdir("/proc/self/task")) > 1:
         # A fork copies only the forking thread: a lock another thread held would stay
-        # locked for ever in every child. Such a zygote must not fork at all.
-        raise ImportError(f"preload {name} started a thread (forking would be unsafe)")
+        # locked for ever in every child. Such a zygote must not fork at all, even if
+        # the import then failed.
+        raise ThreadStarted(f"preload {name} started a thread (forking would be unsafe)")
+    if failed:
+        raise ImportError(failed)
     if name.startswith("encodings."):
         # A codec module is found through the codec registry's search, once a process:
         # looked up here, the children find it in the registry's cache.
