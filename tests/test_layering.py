@@ -38,6 +38,7 @@ PURE_MODULES = [
     "http_chunked.py",
     "fastcgi_records.py",
     "fastcgi_connection.py",
+    "fastcgi_whole.py",
     "scgi_request.py",
 ]
 NO_IO = {"socket", "selectors", "threading", "asyncio", "subprocess", "signal", "os", "time"}

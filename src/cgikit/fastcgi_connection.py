@@ -10,6 +10,8 @@ accumulated), ``StdinEnded``, ``RequestAborted``, ``RequestRejected`` and, at th
 ``ConnectionClosed``. Output is built by ``send_stdout``, ``send_stderr`` and
 ``end_request``, which return the bytes to write; replies the connection makes on its
 own wait in ``data_to_send``, which the caller empties after every ``next_event``.
+``receive_whole`` is a shortcut for an idle connection's usual read, a whole request
+in one segment (``fastcgi_whole``): one pass, no events, the same state after it.
 No I/O, no clock, no threads; one caller at a time (the object is not thread-safe).
 Byte layouts are ``fastcgi_records``'s.
 
@@ -56,6 +58,7 @@ from typing import Final, TypeAlias
 from cgikit import fastcgi_records as wire
 from cgikit.cgi_output import NEED_DATA, NeedData
 from cgikit.fastcgi_records import FastCGIError, Record, RecordReader
+from cgikit.fastcgi_whole import WholeRequest, whole_request
 
 __all__ = [
     "NEED_DATA",
@@ -71,6 +74,7 @@ __all__ = [
     "RequestStarted",
     "StdinData",
     "StdinEnded",
+    "WholeRequest",
 ]
 
 # Types that only flow from the application to the web server (§8, App. A).
@@ -239,6 +243,20 @@ class Connection:
             self._eof = True
         elif self._error is None:
             self._reader.feed(data)
+
+    def receive_whole(self, data: bytes) -> WholeRequest | None:
+        """Take ``data`` as one whole request (``fastcgi_whole``) if the connection is
+        idle and it has exactly that shape: the request is then active, its PARAMS and
+        STDIN ended, as if its six events had been pulled. Else None, and nothing is
+        taken: feed ``data`` to ``receive_data``."""
+        idle = self._request_id is None and not (self._eof or self._error or self._outgoing)
+        if not idle or self._reader.buffered:
+            return None
+        request = whole_request(data, self.max_params_bytes)
+        if request is not None:
+            self._request_id, self._keep_conn = request.request_id, request.keep_conn
+            self._phase = _STDIN_DONE
+        return request
 
     def next_event(self) -> Event:
         """The next event; ConnectionClosed is repeated for ever, NEED_DATA never after EOF.

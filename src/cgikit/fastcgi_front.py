@@ -2,12 +2,14 @@
 
 Reads records into the sans-IO ``fastcgi_connection.Connection`` (which owns what they
 mean: management replies, rejections, aborts), gathers a request's PARAMS and a STDIN
-of at most ``FAST_BODY`` bytes, then starts a ``fastcgi_exchange.FastCGIExchange`` for
-a CGI directory's script, or hands the connection to ``fastcgi_loop``'s threads with
-the request's ``replay``. Writes are queued and flushed at the end of the loop round
-(a quick script's head, body and END_REQUEST leave in one segment), with backpressure
-(``OUT_HIGH``: the script is paused until the web server takes more). While a script
-runs the socket is still read: an ABORT_REQUEST or a close ends it (FastCGI §5.4).
+of at most ``FAST_BODY`` bytes (in one pass when a read brings the whole request, as
+nginx's usually does: ``Connection.receive_whole``), then starts a
+``fastcgi_exchange.FastCGIExchange`` for a CGI directory's script, or hands the
+connection to ``fastcgi_loop``'s threads with the request's ``replay``. Writes are
+queued and flushed at the end of the loop round (a quick script's head, body and
+END_REQUEST leave in one segment), with backpressure (``OUT_HIGH``: the script is
+paused until the web server takes more). While a script runs the socket is still
+read: an ABORT_REQUEST or a close ends it (FastCGI §5.4).
 
 Bytes received are kept for a replay only as long as the parser may still need them:
 between requests, what it holds unparsed (less than one record); while a request is
@@ -99,7 +101,23 @@ class FrontConnection:
             return
         except OSError:  # a reset: the web server is gone
             data = b""
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
+        """Act on bytes from the socket (``b""``: EOF)."""
         self.since = time.monotonic()
+        if data and self.replay is None and not self.fed:
+            whole = self.core.receive_whole(data)
+            if whole is not None:  # the usual read: one request, whole (fastcgi_whole)
+                self.server.taken_whole += 1
+                self.request_id, self.meta = whole.request_id, whole.meta
+                self.body = bytearray(whole.stdin)
+                self.replay = bytearray(data)  # its records as they came, for a hand-over
+                if self._fits(whole.meta) and len(self.body) <= FAST_BODY:
+                    self._dispatch()
+                else:
+                    self._hand_over()
+                return
         if not data:
             self.eof = True  # level-triggered: stop watching a socket at EOF
             self._watch()
@@ -132,8 +150,7 @@ class FrontConnection:
             self.fed = bytearray()
         elif isinstance(event, Params):
             self.meta = event.meta
-            declared = event.meta.get("CONTENT_LENGTH", "0") or "0"
-            if not (declared.isascii() and declared.isdigit()) or int(declared) > FAST_BODY:
+            if not self._fits(event.meta):
                 self._hand_over()
         elif isinstance(event, StdinData) and self.replay is not None:
             self.body += event.data
@@ -147,6 +164,12 @@ class FrontConnection:
             self._close_when_sent()
         elif isinstance(event, ConnectionClosed):
             self._gone()
+
+    @staticmethod
+    def _fits(meta: dict[str, str]) -> bool:
+        """Whether the declared body is one the loop takes (at most ``FAST_BODY``)."""
+        declared = meta.get("CONTENT_LENGTH", "0") or "0"
+        return declared.isascii() and declared.isdigit() and int(declared) <= FAST_BODY
 
     def _aborted(self) -> None:
         if self.exchange is not None:

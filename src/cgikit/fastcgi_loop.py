@@ -63,6 +63,7 @@ class FastCGILoopServer:
         self.loop: Loop | None = None
         self.connections: set[FrontConnection] = set()
         self.handed_over = 0  # requests given to the threads (tests count them)
+        self.taken_whole = 0  # requests read in one pass (fastcgi_whole; tests count them)
         self.stopping = False
         self._grace = 10.0
         self._done = threading.Event()

@@ -4,7 +4,9 @@ The same site is served in process by the threaded bridge (``FastCGIServer`` wit
 ``BodyFirst(Dispatcher)``) and by ``FastCGILoopServer``, each on its own loopback port.
 Every request of the table goes to both as raw FastCGI records: STDOUT, STDERR and
 END_REQUEST must be the same, and the loop must have answered itself (nothing handed
-to its threads), or the comparison would compare the threaded path with itself. Then
+to its threads), or the comparison would compare the threaded path with itself. Each
+goes to the loop twice: in one write (read in one pass, ``fastcgi_whole``) and split in
+two writes (read record by record by ``Connection``). Then
 what the loop hands over (other paths, large bodies), kept connections across both
 paths, and an abort.
 """
@@ -129,14 +131,21 @@ def port(server: FastCGIServer | FastCGILoopServer) -> int:
     return int(sock.getsockname()[1])
 
 
-def ask(port: int, *requests: tuple[dict[bytes, bytes], bytes]) -> list[Reply]:
-    """Send the requests on one connection (KEEP_CONN but for the last)."""
+def ask(port: int, *requests: tuple[dict[bytes, bytes], bytes], split: bool = False) -> list[Reply]:
+    """Send the requests on one connection (KEEP_CONN but for the last); ``split``: each
+    in two writes a moment apart, so that no read has a whole request (fastcgi_whole)."""
     replies = []
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = wire.RecordReader()
         for index, (request_params, body) in enumerate(requests):
             keep = index < len(requests) - 1
-            sock.sendall(request_bytes(index + 1, keep=keep, params=request_params, body=body))
+            data = request_bytes(index + 1, keep=keep, params=request_params, body=body)
+            if split:
+                sock.sendall(data[:20])
+                time.sleep(0.05)
+                data = data[20:]
+            sock.sendall(data)
             replies.append(read_reply(sock, reader))
     return replies
 
@@ -154,28 +163,32 @@ def same(reply: Reply) -> tuple[bytes, bytes, object]:
     return reply.stdout, ABANDONED.sub(b"", reply.stderr), reply.end
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 @pytest.mark.parametrize("name", list(REQUESTS))
 def test_the_loop_answers_as_the_threads_do(
-    servers: tuple[FastCGIServer, FastCGILoopServer], name: str
+    servers: tuple[FastCGIServer, FastCGILoopServer], name: str, split: bool
 ) -> None:
     threaded, looped = servers
-    handed = looped.handed_over
+    handed, taken = looped.handed_over, looped.taken_whole
     expected = ask(port(threaded), REQUESTS[name])[0]
-    got = ask(port(looped), REQUESTS[name])[0]
+    got = ask(port(looped), REQUESTS[name], split=split)[0]
     assert same(got) == same(expected)
     assert got.stdout.startswith(b"Status: ")
     assert looped.handed_over == handed, "the loop gave this request to its threads"
+    # Read in one pass when it came in one read (loopback: it does), else by Connection.
+    assert looped.taken_whole == taken + (not split)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
 @pytest.mark.parametrize("name", list(HANDED))
 def test_what_the_loop_hands_over_is_answered(
-    servers: tuple[FastCGIServer, FastCGILoopServer], name: str
+    servers: tuple[FastCGIServer, FastCGILoopServer], name: str, split: bool
 ) -> None:
     threaded, looped = servers
     request_params, body, start = HANDED[name]
     handed = looped.handed_over
     expected = ask(port(threaded), (request_params, body))[0]
-    got = ask(port(looped), (request_params, body))[0]
+    got = ask(port(looped), (request_params, body), split=split)[0]
     assert same(got) == same(expected)
     assert got.stdout.startswith(start)
     assert looped.handed_over == handed + 1
