@@ -84,8 +84,8 @@ TYPE_NAMES: Final = {
 
 _HEADER: Final = struct.Struct("!BBHHBx")  # version, type, requestId, contentLength, padding
 _BEGIN: Final = struct.Struct("!HB5x")  # role, flags, reserved (§5.1)
-HEADER_STRUCT: Final = _HEADER  # for fastcgi_whole's one-pass reading
-BEGIN_STRUCT: Final = _BEGIN
+HEADER_STRUCT: Final[struct.Struct] = _HEADER  # for fastcgi_whole's one-pass reading
+BEGIN_STRUCT: Final[struct.Struct] = _BEGIN
 _END: Final = struct.Struct("!IB3x")  # appStatus, protocolStatus, reserved (§5.5)
 _LONG: Final = struct.Struct("!I")
 _MAX_PAIR_LENGTH: Final = 0x7FFFFFFF  # 31 bits (§3.4)

@@ -21,14 +21,16 @@ cut short, a second request behind the first. So nothing is accepted here that
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from typing import Final
 
 from cgikit import fastcgi_records as wire
 
 __all__ = ["WholeRequest", "whole_request"]
 
-_HEADER = wire.HEADER_STRUCT
-_BEGIN = wire.BEGIN_STRUCT
+_HEADER: Final[struct.Struct] = wire.HEADER_STRUCT
+_BEGIN: Final[struct.Struct] = wire.BEGIN_STRUCT
 
 
 # Read-only by convention, not frozen: made per request (fastcgi_connection's reason).
