@@ -219,10 +219,15 @@ def start_uwsgi(apps: Path) -> servers.Server:
 
 
 def start_bridge(
-    docroot: Path, python: str, src: Path = peers.SRC, label: str = "cgikit serve --fastcgi"
+    docroot: Path,
+    python: str,
+    src: Path = peers.SRC,
+    label: str = "cgikit serve --fastcgi",
+    keep_conn: bool = False,
 ) -> peers.Host:
     """nginx -> ``cgikit serve --fastcgi unix:SOCKET ROOT`` -> the scripts of ROOT/cgi-bin
-    (cgikit from ``src``: bench/compiled_build.py's copy for the compiled row)."""
+    (cgikit from ``src``: bench/compiled_build.py's copy for the compiled row);
+    ``keep_conn``: nginx keeps its connections (peers.start_nginx)."""
     rundir = servers.make_rundir("bridge")
     sock = rundir / "bridge.sock"
     argv = [python, "-m", "cgikit", "serve", "--fastcgi", f"unix:{sock}"]
@@ -238,11 +243,12 @@ def start_bridge(
     back = servers.Server("cgikit serve --fastcgi", 0, output, (output,), process, rundir)
     wait_for_socket(back, sock)
     try:
-        front = servers.retry_start(lambda: peers.start_nginx(docroot, sock))
+        front = servers.retry_start(lambda: peers.start_nginx(docroot, sock, keep_conn))
     except BaseException:
         servers.stop(process)
         raise
-    return peers.Host(f"nginx + {label} (bridge)", front, [back])
+    kept = ", keep-conn" if keep_conn else ""
+    return peers.Host(f"nginx + {label} (bridge{kept})", front, [back])
 
 
 def wait_for_socket(server: servers.Server, path: Path) -> None:
@@ -323,6 +329,13 @@ def rows(setup: Setup) -> dict[str, Row]:
         "bridge-compiled": Row("bridge (compiled)", cgi, lambda: start_bridge(
             setup.docroot, setup.python, setup.compiled(), "cgikit serve --fastcgi (compiled)")),
         "fcgiwrap": Row("fcgiwrap", cgi, lambda: peers.start_nginx_fcgiwrap(setup.docroot, 8)),
+        "bridge-keep": Row("bridge, keep-conn", cgi, lambda: start_bridge(
+            setup.docroot, setup.python, keep_conn=True)),
+        "bridge-compiled-keep": Row("bridge (compiled), keep-conn", cgi, lambda: start_bridge(
+            setup.docroot, setup.python, setup.compiled(), "cgikit serve --fastcgi (compiled)",
+            keep_conn=True)),
+        "fcgiwrap-keep": Row("fcgiwrap, keep-conn", cgi, lambda: peers.start_nginx_fcgiwrap(
+            setup.docroot, 8, keep_conn=True)),
     }  # fmt: skip
 
 

@@ -53,13 +53,15 @@ http {{
     fastcgi_temp_path {rundir}/fastcgi;
     uwsgi_temp_path {rundir}/uwsgi;
     scgi_temp_path {rundir}/scgi;
+    {upstream_block}
     server {{
         listen {host}:{port};
         root {docroot};
         location /cgi-bin/ {{
             include /etc/nginx/fastcgi_params;
             fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
-            fastcgi_pass unix:{socket};
+            {keep_conn}
+            fastcgi_pass {upstream};
         }}
     }}
 }}
@@ -125,13 +127,22 @@ def start_fcgiwrap(children: int) -> servers.Server:
     return server
 
 
-def start_nginx(docroot: Path, socket: Path) -> servers.Server:
-    """nginx from a generated config, passing /cgi-bin/ to fcgiwrap's ``socket``."""
+def start_nginx(docroot: Path, socket: Path, keep_conn: bool = False) -> servers.Server:
+    """nginx from a generated config, passing /cgi-bin/ to the FastCGI ``socket``;
+    ``keep_conn``: through an upstream with keepalive 8 and fastcgi_keep_conn on, as
+    docs/deploy/nginx-cgi-bridge.conf does (fcgiwrap closes after each request anyway)."""
     rundir, port = servers.make_rundir("nginx"), servers.free_port()
     user = "user www-data;" if os.geteuid() == 0 else ""
+    kept = {
+        "upstream_block": f"upstream cgi {{ server unix:{socket}; keepalive 8; }}",
+        "keep_conn": "fastcgi_keep_conn on;",
+        "upstream": "cgi",
+    }
+    direct = {"upstream_block": "", "keep_conn": "", "upstream": f"unix:{socket}"}
     text = NGINX_CONF.format(
-        rundir=rundir, user=user, host=HOST, port=port, docroot=docroot, socket=socket
-    )
+        rundir=rundir, user=user, host=HOST, port=port, docroot=docroot,
+        **(kept if keep_conn else direct),
+    )  # fmt: skip
     config = rundir / "nginx.conf"
     config.write_text(text, "utf-8")
     error_log = rundir / "error.log"
@@ -140,14 +151,15 @@ def start_nginx(docroot: Path, socket: Path) -> servers.Server:
     return servers.launch("nginx", argv, rundir, port, error_log)
 
 
-def start_nginx_fcgiwrap(docroot: Path, children: int) -> Host:
+def start_nginx_fcgiwrap(docroot: Path, children: int, keep_conn: bool = False) -> Host:
     back = start_fcgiwrap(children)
+    sock = back.rundir / "fcgiwrap.sock"
     try:
-        front = servers.retry_start(lambda: start_nginx(docroot, back.rundir / "fcgiwrap.sock"))
+        front = servers.retry_start(lambda: start_nginx(docroot, sock, keep_conn))
     except BaseException:
         servers.stop(back.process)
         raise
-    return Host("nginx + fcgiwrap", front, [back])
+    return Host("nginx + fcgiwrap" + (" (keep-conn)" if keep_conn else ""), front, [back])
 
 
 def start_python(name: str, args: list[str], python: str, env: dict[str, str]) -> servers.Server:

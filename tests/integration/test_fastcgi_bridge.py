@@ -168,6 +168,34 @@ def wait_for_log(front: Bridged, offset: int, needle: str) -> str:
     return text
 
 
+def bridge_connections(port: int) -> set[int]:
+    """The peer ports of the established TCP connections to ``port`` (/proc/net/tcp)."""
+    peers = set()
+    for line in Path("/proc/net/tcp").read_text("ascii").splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+            peers.add(int(remote.rsplit(":", 1)[1], 16))
+    return peers
+
+
+# -- the connections ----------------------------------------------------------------------
+
+
+def test_nginx_keeps_its_connections_to_the_bridge(bridged: Bridged) -> None:
+    """The config's keep-conn (FCGI_KEEP_CONN over an upstream with keepalive): nginx's
+    connections stay open between requests and carry the next ones; with keep-conn off
+    each request would open one and close it."""
+    if bridged.name != "tcp":
+        pytest.skip("connections to a Unix socket cannot be told apart in /proc/net")
+    seen: set[int] = set()
+    for _ in range(6):
+        reply = get(bridged, "/cgi-bin/env.sh")
+        assert reply.status == 200, bridged.diagnostics()
+        seen |= bridge_connections(bridged.bridge.port)
+    assert seen, "no connection to the bridge stayed open between requests"
+    assert len(seen) <= 2, f"6 requests, {len(seen)} connections (2 nginx workers)"
+
+
 # -- the environment --------------------------------------------------------------------
 
 
