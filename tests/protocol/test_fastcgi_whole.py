@@ -25,6 +25,7 @@ from cgikit.fastcgi_connection import (
     StdinEnded,
 )
 from cgikit.fastcgi_whole import WholeRequest, whole_request
+from protocol.test_fastcgi_records import rec
 
 LIMIT = 1 << 20
 PAIRS = {b"REQUEST_METHOD": b"POST", b"REQUEST_URI": b"/cgi-bin/x?\xe9", b"EMPTY": b""}
@@ -32,9 +33,8 @@ META = {k.decode("latin-1"): v.decode("latin-1") for k, v in PAIRS.items()}
 
 
 def record(kind: int, content: bytes = b"", rid: int = 1, padding: int | None = None) -> bytes:
-    pad = wire.padding_for(len(content)) if padding is None else padding
-    header = wire.encode_header(kind, rid, len(content), pad)
-    return header + content + bytes(pad)
+    """``rec`` with request 1 by default, the shape this file's table needs."""
+    return rec(kind, rid, content, padding)
 
 
 def begin(rid: int = 1, role: int = wire.RESPONDER, flags: int = 0) -> bytes:
